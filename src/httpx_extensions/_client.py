@@ -1,0 +1,188 @@
+"""ExClient: httpx.AsyncClient over our pool, with flows that keep their connection.
+
+Theory of operation
+-------------------
+Each ``send()`` opens a *flow* (a context variable read by our transport). While the flow
+lasts, the connection that served its last leg stays reserved for it, and the next leg (an
+auth round trip of *any* ``httpx.Auth``, or a redirect) is pinned there. The flow ends when
+``send()`` returns, or for ``stream=True`` when the response is closed; on any exception or
+cancellation it ends at once. Nothing else of httpx's behaviour changes.
+
+httpx internals touched, all here and checked by ``tests/test_httpx_private_api.py``:
+``AsyncClient._init_transport`` and ``AsyncClient._init_proxy_transport`` (to build our
+transport where httpx would build its own).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import typing
+
+import httpx
+from httpx._client import USE_CLIENT_DEFAULT, UseClientDefault  # re-exported names of httpx
+
+from ._exceptions import HTTP2NotSupportedError
+from ._pool import Flow, PoolState, current_flow
+from ._transport import DEFAULT_LIMITS, ExTransport
+
+__all__ = ["ExClient"]
+
+logger = logging.getLogger("httpx_extensions")
+
+_HTTP2_MESSAGE = (
+    "ExClient speaks HTTP/1.1 only: NTLM and Negotiate authenticate one TCP connection "
+    "carrying one request at a time, which HTTP/2 multiplexing breaks. Drop http2=True."
+)
+
+
+class ExClient(httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` whose connections can be pinned, reserved and identity-bound.
+
+    Takes exactly the arguments of ``httpx.AsyncClient`` and behaves the same, except:
+
+    * every response from its own pool carries ``response.extensions["conn_id"]``;
+    * ``request.extensions["conn_id"]`` sends a request on that connection;
+    * the legs of one ``send()`` (auth, redirects) stay on one reserved connection;
+    * ``http2=True`` is refused.
+
+    A ``transport=`` or ``mounts=`` you give is used as given (its responses have no
+    ``conn_id`` unless it is an :class:`ExTransport`).
+
+    Raises:
+        HTTP2NotSupportedError: ``http2=True``; create the client without it.
+        ValueError: ``Limits`` that disable keep-alive; raise ``keepalive_expiry`` and
+            ``max_keepalive_connections`` above 0.
+    """
+
+    def __init__(self, **kwargs: typing.Any) -> None:
+        if kwargs.get("http2"):
+            raise HTTP2NotSupportedError(_HTTP2_MESSAGE)
+        super().__init__(**kwargs)
+
+    # -- where httpx builds its transports (private httpx API, pinned <0.29) ------------------
+    def _init_transport(
+        self,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: typing.Any = None,
+        trust_env: bool = True,
+        http1: bool = True,
+        http2: bool = False,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> httpx.AsyncBaseTransport:
+        if transport is not None:
+            return transport
+        return ExTransport(
+            verify=verify, cert=cert, trust_env=trust_env, http1=http1, http2=http2, limits=limits
+        )
+
+    def _init_proxy_transport(
+        self,
+        proxy: httpx.Proxy,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: typing.Any = None,
+        trust_env: bool = True,
+        http1: bool = True,
+        http2: bool = False,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+    ) -> httpx.AsyncBaseTransport:
+        if proxy.url.scheme not in ("http", "https"):
+            logger.debug("SOCKS proxy: using httpx's own transport (no conn_id)")
+            return super()._init_proxy_transport(
+                proxy,
+                verify=verify,
+                cert=cert,
+                trust_env=trust_env,
+                http1=http1,
+                http2=http2,
+                limits=limits,
+            )
+        return ExTransport(
+            verify=verify,
+            cert=cert,
+            trust_env=trust_env,
+            http1=http1,
+            http2=http2,
+            limits=limits,
+            proxy=proxy,
+        )
+
+    # -- flows ---------------------------------------------------------------------------------
+    async def send(
+        self,
+        request: httpx.Request,
+        *,
+        stream: bool = False,
+        auth: httpx._types.AuthTypes | UseClientDefault | None = USE_CLIENT_DEFAULT,
+        follow_redirects: bool | UseClientDefault = USE_CLIENT_DEFAULT,
+    ) -> httpx.Response:
+        """Send a request as httpx does, keeping every leg of its flow on one connection.
+
+        See ``httpx.AsyncClient.send``; the connection reserved for the flow is released when
+        this returns, or, with ``stream=True``, when the response is closed.
+        """
+        flow = Flow()
+        token = current_flow.set(flow)
+        try:
+            response = await super().send(
+                request, stream=stream, auth=auth, follow_redirects=follow_redirects
+            )
+        except BaseException:
+            flow.end()
+            raise
+        finally:
+            current_flow.reset(token)
+        if stream and not response.is_closed:
+            response.stream = _FlowEndingStream(response.stream, flow)
+        else:
+            flow.end()
+        return response
+
+    # -- pool API ------------------------------------------------------------------------------
+    def _ex_transports(self) -> list[ExTransport]:
+        transports = [self._transport, *self._mounts.values()]
+        return [t for t in transports if isinstance(t, ExTransport)]
+
+    async def release(self, conn_id: str) -> bool:
+        """End any reservation of the connection ``conn_id``.
+
+        Returns:
+            True if this client had that connection open, False if it is gone (then there
+            is nothing to release).
+        """
+        return any(t.release(conn_id) for t in self._ex_transports())
+
+    def pool_state(self) -> PoolState:
+        """Counts of active, idle, reserved and connecting connections and queued requests,
+        summed over this client's own pools."""
+        states = [t.pool_state() for t in self._ex_transports()]
+        return PoolState(
+            active=sum(s.active for s in states),
+            idle=sum(s.idle for s in states),
+            reserved=sum(s.reserved for s in states),
+            connecting=sum(s.connecting for s in states),
+            queued=sum(s.queued for s in states),
+            max_connections=sum(s.max_connections for s in states),
+        )
+
+    def __repr__(self) -> str:
+        return f"<ExClient {self.pool_state()}>"
+
+
+class _FlowEndingStream(httpx.AsyncByteStream):
+    """Ends a streamed response's flow when the response is closed."""
+
+    def __init__(self, inner: httpx.AsyncByteStream | httpx.SyncByteStream, flow: Flow) -> None:
+        self._inner = typing.cast(httpx.AsyncByteStream, inner)
+        self._flow = flow
+
+    async def __aiter__(self) -> typing.AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            self._flow.end()

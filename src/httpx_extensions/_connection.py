@@ -1,0 +1,245 @@
+"""One HTTP/1.1 connection: framing by h11 over an ``httpcore.AsyncNetworkStream``.
+
+Theory of operation
+-------------------
+A :class:`Connection` carries one request at a time. ``send()`` writes the request and
+reads the response head; the body is then read through :class:`ResponseBody`, which calls
+``Connection.on_response_done(reusable)`` exactly once: at the end of the body (reusable if
+h11 says both sides are ready for another cycle), or when the body is closed early or fails
+(not reusable). The pool sets ``on_response_done``; this module knows nothing of pools,
+identities or authentication.
+
+Everything here raises httpcore's exceptions; the transport maps them to httpx's.
+"""
+
+from __future__ import annotations
+
+import time
+import typing
+
+import anyio
+import h11
+import httpcore
+
+from ._backends import AsyncioStream, stream_is_alive
+
+__all__ = ["Connection", "Origin", "ResponseHead"]
+
+_READ_SIZE = 64 * 1024
+
+Origin = tuple[bytes, bytes, int]  # (scheme, host, port)
+
+
+class ResponseHead(typing.NamedTuple):
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    reason: bytes
+    http_version: bytes
+
+
+class Connection:
+    """An HTTP/1.1 connection. Its pool-facing fields are plain attributes for speed."""
+
+    __slots__ = (
+        "conn_id",
+        "origin",
+        "stream",
+        "_h11",
+        "state",
+        "tag",
+        "flow",
+        "explicit_reserve",
+        "requests",
+        "idle_since",
+        "pinned_waiters",
+        "on_response_done",
+        "_pending",
+        "_closed",
+    )
+
+    def __init__(self, conn_id: str, origin: Origin, stream: httpcore.AsyncNetworkStream) -> None:
+        self.conn_id = conn_id
+        self.origin = origin
+        self.stream = stream
+        self._h11 = h11.Connection(our_role=h11.CLIENT)
+        # Fields owned by the pool (see _pool.py): state, identity tag, owning flow, ...
+        self.state = 0
+        self.tag: typing.Hashable | None = None
+        self.flow: typing.Any = None
+        self.explicit_reserve = False
+        self.requests = 0
+        self.idle_since = time.monotonic()
+        self.pinned_waiters: typing.Any = None
+        self.on_response_done: typing.Callable[[Connection, bool], None] | None = None
+        self._pending: list[h11.Event] = []
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.conn_id} {self.origin[1].decode('ascii', 'replace')}>"
+
+    def is_alive(self) -> bool:
+        """Whether this idle connection may carry another request."""
+        if self._h11.our_state is not h11.IDLE:
+            return False
+        return stream_is_alive(self.stream)
+
+    async def send(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: typing.AsyncIterable[bytes] | None,
+        timeouts: typing.Mapping[str, float | None],
+    ) -> ResponseHead:
+        """Write one request and read the response head.
+
+        Raises:
+            httpcore.WriteError, httpcore.ReadError, httpcore.RemoteProtocolError and their
+            timeouts: the connection is then unusable; the caller must close it.
+        """
+        self.requests += 1
+        conn = self._h11
+        write_timeout = timeouts.get("write")
+        data = conn.send(h11.Request(method=method, target=target, headers=headers))
+        assert data is not None
+        try:
+            if body is None:
+                data += conn.send(h11.EndOfMessage()) or b""
+                await self.stream.write(data, write_timeout)
+            else:
+                await self.stream.write(data, write_timeout)
+                async for chunk in body:
+                    if chunk:
+                        await self.stream.write(
+                            conn.send(h11.Data(data=chunk)) or b"", write_timeout
+                        )
+                await self.stream.write(conn.send(h11.EndOfMessage()) or b"", write_timeout)
+        except httpcore.WriteError:
+            # The server may have answered early (a 401 before the body was read) and
+            # closed: read that answer if there is one, else report the write failure.
+            try:
+                return await self._receive_head(timeouts.get("read"))
+            except httpcore.ReadError:
+                pass
+            except httpcore.RemoteProtocolError:
+                pass
+            raise
+        return await self._receive_head(timeouts.get("read"))
+
+    async def _next_event(self, read_timeout: float | None) -> h11.Event:
+        conn = self._h11
+        while True:
+            event = conn.next_event()
+            if event is not h11.NEED_DATA:
+                return typing.cast(h11.Event, event)
+            data = await self.stream.read(_READ_SIZE, read_timeout)
+            if not data and conn.their_state is h11.SEND_RESPONSE:
+                raise httpcore.RemoteProtocolError(
+                    "Server disconnected without sending a response."
+                )
+            conn.receive_data(data)
+
+    async def _receive_head(self, read_timeout: float | None) -> ResponseHead:
+        try:
+            while True:
+                event = await self._next_event(read_timeout)
+                if isinstance(event, h11.Response):
+                    break
+                if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
+                    break
+        except h11.RemoteProtocolError as exc:
+            raise httpcore.RemoteProtocolError(str(exc)) from exc
+        # Pull whatever of the body is already buffered, without I/O: a small response
+        # usually arrives whole, and its connection can then be released at once.
+        pending = self._pending
+        try:
+            while True:
+                nxt = self._h11.next_event()
+                if nxt is h11.NEED_DATA or nxt is h11.PAUSED:
+                    break
+                pending.append(typing.cast(h11.Event, nxt))
+                if isinstance(nxt, h11.EndOfMessage):
+                    break
+        except h11.RemoteProtocolError:
+            pass  # reported when the body is read
+        version = b"HTTP/" + event.http_version
+        return ResponseHead(event.status_code, event.headers.raw_items(), event.reason, version)
+
+    async def read_body(self, read_timeout: float | None) -> bytes | None:
+        """Return the next body chunk, or None at the end of the body.
+
+        At the end, h11 starts the next cycle if both sides allow it, and the connection is
+        reported done (reusable or not) before this returns.
+        """
+        pending = self._pending
+        try:
+            while True:
+                if pending:
+                    event = pending.pop(0)
+                else:
+                    event = await self._next_event(read_timeout)
+                if isinstance(event, h11.Data):
+                    if event.data:
+                        return bytes(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                else:  # pragma: no cover - h11 yields only Data/EndOfMessage here
+                    raise httpcore.RemoteProtocolError(f"unexpected event {type(event)}")
+        except h11.RemoteProtocolError as exc:
+            raise httpcore.RemoteProtocolError(str(exc)) from exc
+        reusable = self._cycle()
+        if not reusable:
+            await self.aclose()
+        self.done(reusable)
+        return None
+
+    def _cycle(self) -> bool:
+        conn = self._h11
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            return True
+        return False
+
+    def done(self, reusable: bool) -> None:
+        """Report the current exchange finished; a second call is a no-op."""
+        callback, self.on_response_done = self.on_response_done, None
+        if callback is None:
+            return
+        if not reusable:
+            self.close_nowait()
+        callback(self, reusable)
+
+    def close_nowait(self) -> None:
+        """Mark unusable and close the socket if that can be done without awaiting."""
+        self._h11 = _CLOSED
+        stream = self.stream
+        if isinstance(stream, AsyncioStream):
+            self._closed = True
+            stream.close_nowait()
+
+    async def aclose(self) -> None:
+        """Close the socket (bounded, never cancelled half-way); a second call is a no-op."""
+        self._h11 = _CLOSED
+        if self._closed:
+            return
+        self._closed = True
+        stream = self.stream
+        if isinstance(stream, AsyncioStream):
+            stream.close_nowait()
+            return
+
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+            try:
+                await stream.aclose()
+            except Exception:  # pragma: no cover - best effort on a dying socket
+                pass
+
+
+class _ClosedH11:
+    """Stands in for the h11 state machine of a closed connection."""
+
+    our_state = h11.CLOSED
+    their_state = h11.CLOSED
+
+
+_CLOSED: typing.Any = _ClosedH11()

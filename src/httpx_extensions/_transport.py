@@ -1,0 +1,384 @@
+"""An httpx transport over our pool: models in, models out, errors mapped.
+
+Theory of operation
+-------------------
+``ExTransport.handle_async_request`` turns an ``httpx.Request`` into an origin, an identity
+tag and an optional pin (explicit ``conn_id``, or the connection its flow reserved), asks the
+pool for a connection, writes the request through h11 and returns an ``httpx.Response`` whose
+stream releases the connection when the body ends or is closed. Every httpcore or h11 error
+becomes the httpx error a user already catches.
+
+Proxies: ``http://`` targets are forwarded through a plain HTTP proxy (absolute-form
+request targets, one shared set of connections to the proxy); ``https://`` targets go through
+a ``CONNECT`` tunnel, one connection per target origin.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import ssl
+import typing
+
+import h11
+import httpcore
+import httpx
+
+from ._backends import AsyncioStream, backend_for_current_loop
+from ._connection import Connection, Origin
+from ._exceptions import HTTP2NotSupportedError
+from ._pool import Pool, PoolState, current_flow
+
+__all__ = ["ExTransport"]
+
+logger = logging.getLogger("httpx_extensions")
+
+DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+_DEFAULT_PORTS = {b"http": 80, b"https": 443}
+_FORWARD = b"forward+"  # origin scheme prefix of connections to a forwarding proxy
+
+_ERRORS: dict[type[Exception], type[httpx.TransportError]] = {
+    httpcore.PoolTimeout: httpx.PoolTimeout,
+    httpcore.ConnectTimeout: httpx.ConnectTimeout,
+    httpcore.ReadTimeout: httpx.ReadTimeout,
+    httpcore.WriteTimeout: httpx.WriteTimeout,
+    httpcore.ConnectError: httpx.ConnectError,
+    httpcore.ReadError: httpx.ReadError,
+    httpcore.WriteError: httpx.WriteError,
+    httpcore.ProxyError: httpx.ProxyError,
+    httpcore.RemoteProtocolError: httpx.RemoteProtocolError,
+    httpcore.LocalProtocolError: httpx.LocalProtocolError,
+    httpcore.UnsupportedProtocol: httpx.UnsupportedProtocol,
+    h11.RemoteProtocolError: httpx.RemoteProtocolError,
+    h11.LocalProtocolError: httpx.LocalProtocolError,
+}
+
+
+@contextlib.contextmanager
+def _mapped(request: httpx.Request) -> typing.Iterator[None]:
+    try:
+        yield
+    except tuple(_ERRORS) as exc:
+        for exc_type in type(exc).__mro__:
+            target = _ERRORS.get(exc_type)
+            if target is not None:
+                raise target(str(exc) or type(exc).__name__, request=request) from exc
+        raise  # pragma: no cover
+
+
+def check_limits(limits: httpx.Limits) -> None:
+    """Refuse limits under which no connection could stay pinned or reserved.
+
+    Raises:
+        ValueError: ``keepalive_expiry=0`` or ``max_keepalive_connections=0``; leave them
+            at httpx's defaults or raise them.
+    """
+    if limits.keepalive_expiry == 0 or limits.max_keepalive_connections == 0:
+        raise ValueError(
+            "ExClient needs keep-alive connections: connection-bound authentication and "
+            "conn_id pinning reuse a connection after its response. Use "
+            "Limits(keepalive_expiry=...) and Limits(max_keepalive_connections=...) above 0."
+        )
+
+
+class ExTransport(httpx.AsyncBaseTransport):
+    """An HTTP/1.1 transport whose connections can be pinned, reserved and identity-tagged.
+
+    ``ExClient`` builds one for you; build one yourself only to pass transport options httpx's
+    client does not take (``uds``, ``local_address``, ``retries``, ``socket_options``).
+    Arguments are those of ``httpx.AsyncHTTPTransport``.
+
+    Raises:
+        HTTP2NotSupportedError: ``http2=True``; connection-bound auth needs HTTP/1.1.
+        ValueError: keep-alive disabled by ``limits`` (see :func:`check_limits`).
+    """
+
+    def __init__(
+        self,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: typing.Any = None,
+        trust_env: bool = True,
+        http1: bool = True,
+        http2: bool = False,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+        proxy: httpx.Proxy | str | httpx.URL | None = None,
+        uds: str | None = None,
+        local_address: str | None = None,
+        retries: int = 0,
+        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> None:
+        if http2:
+            raise HTTP2NotSupportedError(
+                "ExClient speaks HTTP/1.1 only: NTLM and Negotiate authenticate one TCP "
+                "connection carrying one request at a time. Drop http2=True."
+            )
+        check_limits(limits)
+        self._ssl_context = httpx.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+        self._limits = limits
+        self._proxy = httpx.Proxy(url=proxy) if isinstance(proxy, (str, httpx.URL)) else proxy
+        if self._proxy is not None and self._proxy.url.scheme not in ("http", "https"):
+            raise ValueError(
+                "ExTransport supports http:// and https:// proxies; for SOCKS use "
+                "httpx.AsyncHTTPTransport via mounts= (its requests carry no conn_id)"
+            )
+        self._uds = uds
+        self._local_address = local_address
+        self._retries = retries
+        self._socket_options = socket_options
+        self._pool: Pool | None = None
+        self._backend: httpcore.AsyncNetworkBackend | None = None
+        #: Requests this transport has carried (diagnostics and the upstream test run).
+        self.requests_sent = 0
+
+    # -- public helpers used by ExClient -----------------------------------------------------
+    def pool_state(self) -> PoolState:
+        """Counts of connections by state and of queued requests."""
+        if self._pool is None:
+            return PoolState(0, 0, 0, 0, 0, self._limits.max_connections or 0)
+        return self._pool.state()
+
+    def release(self, conn_id: str) -> bool:
+        """End any reservation of ``conn_id``; False if this transport has no such connection."""
+        return self._pool is not None and self._pool.release(conn_id)
+
+    def __repr__(self) -> str:
+        return f"<ExTransport {self._pool!r}>"
+
+    # -- httpx.AsyncBaseTransport --------------------------------------------------------------
+    def _get_pool(self) -> Pool:
+        if self._pool is None:
+            self._backend, on_asyncio = backend_for_current_loop()
+            limits = self._limits
+            self._pool = Pool(
+                self._open,
+                max_connections=limits.max_connections,
+                max_keepalive_connections=limits.max_keepalive_connections,
+                keepalive_expiry=limits.keepalive_expiry,
+                on_asyncio=on_asyncio,
+            )
+        return self._pool
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        scheme = url.raw_scheme
+        if scheme not in _DEFAULT_PORTS:
+            if not scheme:
+                raise httpx.UnsupportedProtocol(
+                    "Request URL is missing an 'http://' or 'https://' protocol.",
+                    request=request,
+                )
+            raise httpx.UnsupportedProtocol(
+                f"Request URL has an unsupported protocol '{url.scheme}://'.", request=request
+            )
+        if not url.raw_host:
+            raise httpx.UnsupportedProtocol("Request URL is missing a host.", request=request)
+        origin: Origin = (scheme, url.raw_host, url.port or _DEFAULT_PORTS[scheme])
+        headers = request.headers.raw
+        target = url.raw_path
+        proxy = self._proxy
+        if proxy is not None and scheme == b"http":
+            purl = proxy.url
+            origin = (_FORWARD + purl.raw_scheme, purl.raw_host, purl.port or 80)
+            target = _absolute_target(url)
+            headers = headers + self._proxy_headers()
+
+        ext = request.extensions
+        timeouts = ext.get("timeout") or {}
+        flow = current_flow.get()
+        pin = ext.get("conn_id")
+        explicit = pin is not None
+        if not explicit and flow is not None and flow.reserved is not None:
+            if flow.reserved.origin == origin:
+                pin = flow.reserved.conn_id
+        identity = ext.get("identity")
+        pool = self._get_pool()
+        body = None
+        if request.headers.get("content-length", "0") != "0" or "transfer-encoding" in (
+            request.headers
+        ):
+            body = typing.cast(typing.AsyncIterable[bytes], request.stream)
+
+        retry = not explicit
+        while True:
+            with _mapped(request):
+                conn, tagged = await pool.acquire(
+                    origin,
+                    identity,
+                    pin,
+                    explicit,
+                    bool(ext.get("new_connection")),
+                    flow,
+                    timeouts,
+                )
+            if ext.get("reserve"):
+                pool.reserve(conn)
+            reused = conn.requests > 0
+            try:
+                with _mapped(request):
+                    head = await conn.send(request.method.encode(), target, headers, body, timeouts)
+            except BaseException as exc:
+                conn.done(False)
+                await conn.aclose()
+                if retry and reused and _is_stale(exc) and _replayable(request, body):
+                    # An idle keep-alive connection the server closed as we reused it:
+                    # nothing was processed, so send once more on another connection.
+                    logger.debug("connection %s was stale; retrying once", conn.conn_id)
+                    retry = False
+                    pin = None
+                    continue
+                raise
+            break
+        self.requests_sent += 1
+        return httpx.Response(
+            head.status,
+            headers=head.headers,
+            stream=_ResponseStream(conn, request, timeouts.get("read")),
+            extensions={
+                "http_version": head.http_version,
+                "reason_phrase": head.reason,
+                "network_stream": conn.stream,
+                "conn_id": conn.conn_id,
+                "conn_tagged": tagged,
+                "conn_requests": conn.requests,
+            },
+        )
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
+
+    # -- connections ---------------------------------------------------------------------------
+    def _proxy_headers(self) -> list[tuple[bytes, bytes]]:
+        assert self._proxy is not None
+        headers = list(self._proxy.headers.raw)
+        auth = self._proxy.raw_auth
+        if auth is not None and "proxy-authorization" not in self._proxy.headers:
+            token = base64.b64encode(auth[0] + b":" + auth[1])
+            headers.append((b"Proxy-Authorization", b"Basic " + token))
+        return headers
+
+    async def _connect(
+        self, host: str, port: int, timeout: float | None
+    ) -> httpcore.AsyncNetworkStream:
+        assert self._backend is not None
+        delays = [0.5 * 2**n for n in range(self._retries)]
+        while True:
+            try:
+                if self._uds is not None:
+                    return await self._backend.connect_unix_socket(
+                        self._uds, timeout, self._socket_options
+                    )
+                return await self._backend.connect_tcp(
+                    host, port, timeout, self._local_address, self._socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout):
+                if not delays:
+                    raise
+                await self._backend.sleep(delays.pop(0))
+
+    async def _open(self, conn_id: str, origin: Origin, timeout: float | None) -> Connection:
+        scheme, raw_host, port = origin
+        proxy = self._proxy
+        if proxy is not None:
+            purl = proxy.url
+            stream = await self._connect(purl.host, purl.port or 80, timeout)
+            if purl.scheme == "https":
+                ctx = proxy.ssl_context or self._ssl_context
+                stream = await stream.start_tls(ctx, purl.host, timeout)
+            if scheme == b"https":
+                stream = await self._tunnel(stream, raw_host, port, timeout)
+        else:
+            stream = await self._connect(raw_host.decode("ascii"), port, timeout)
+        if scheme == b"https":
+            stream = await stream.start_tls(self._ssl_context, raw_host.decode("ascii"), timeout)
+        conn = Connection(conn_id, origin, stream)
+        if isinstance(stream, AsyncioStream):
+            pool = self._pool
+            assert pool is not None
+            stream.on_lost = lambda: pool.on_lost(conn)
+        return conn
+
+    async def _tunnel(
+        self, stream: httpcore.AsyncNetworkStream, host: bytes, port: int, timeout: float | None
+    ) -> httpcore.AsyncNetworkStream:
+        authority = b"%s:%d" % (host, port)
+        conn = h11.Connection(our_role=h11.CLIENT)
+        headers = [(b"Host", authority), *self._proxy_headers()]
+        data = conn.send(h11.Request(method=b"CONNECT", target=authority, headers=headers))
+        try:
+            await stream.write((data or b"") + (conn.send(h11.EndOfMessage()) or b""), timeout)
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.read(65536, timeout))
+                    continue
+                if isinstance(event, h11.Response):
+                    break
+        except h11.RemoteProtocolError as exc:
+            await stream.aclose()
+            raise httpcore.ProxyError(f"the proxy answered CONNECT badly: {exc}") from exc
+        if not 200 <= event.status_code < 300:
+            await stream.aclose()
+            raise httpcore.ProxyError(
+                f"the proxy refused CONNECT {authority.decode()}: {event.status_code} "
+                f"{event.reason.decode('latin-1')}"
+            )
+        return stream
+
+
+def _absolute_target(url: httpx.URL) -> bytes:
+    """The absolute-form request target a forwarding proxy needs (no userinfo, no fragment)."""
+    return url.raw_scheme + b"://" + url.netloc + url.raw_path
+
+
+def _is_stale(exc: BaseException) -> bool:
+    cause = exc.__cause__
+    return isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)) and (
+        not isinstance(exc, httpx.RemoteProtocolError)
+        or "without sending a response" in str(exc)
+        or isinstance(cause, httpcore.RemoteProtocolError)
+        and "without sending a response" in str(cause)
+    )
+
+
+def _replayable(request: httpx.Request, body: object) -> bool:
+    return body is None or isinstance(request.stream, httpx.ByteStream)
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    """A response body that gives its connection back when read to the end or closed."""
+
+    __slots__ = ("_conn", "_request", "_timeout", "_finished")
+
+    def __init__(self, conn: Connection, request: httpx.Request, timeout: float | None) -> None:
+        self._conn = conn
+        self._request = request
+        self._timeout = timeout
+        self._finished = False
+
+    async def __aiter__(self) -> typing.AsyncIterator[bytes]:
+        if self._finished:
+            return
+        conn = self._conn
+        try:
+            with _mapped(self._request):
+                while True:
+                    chunk = await conn.read_body(self._timeout)
+                    if chunk is None:
+                        break
+                    yield chunk
+        except BaseException as exc:
+            if not self._finished:
+                self._finished = True
+                conn.done(False)
+                if not isinstance(exc, GeneratorExit):  # no awaiting in a closing generator
+                    await conn.aclose()
+            raise
+        self._finished = True
+
+    async def aclose(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._conn.done(False)
+            await self._conn.aclose()
