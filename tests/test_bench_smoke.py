@@ -1,0 +1,61 @@
+"""Smoke test of the benchmark harness (bench/pool.py --quick): it runs and prints a table.
+
+No timing assertions: the figures of a few hundred requests on a shared machine mean nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench" / "pool.py"
+
+
+def _find_nginx() -> str | None:
+    """bench/pool.py's own lookup ($NGINX, PATH, /usr/sbin), so both agree."""
+    spec = importlib.util.spec_from_file_location("_bench_pool", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    found: str | None = module.find_nginx()
+    return found
+
+
+def _nginx_or_skip() -> None:
+    if _find_nginx() is not None:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail("nginx is not installed, and CI=true requires the benchmark smoke test")
+    pytest.skip("nginx is not installed (apt-get install nginx-light); benchmark smoke skipped")
+
+
+@pytest.mark.timeout(300)
+def test_bench_quick_runs_and_prints_a_table(tmp_path: Path) -> None:
+    _nginx_or_skip()
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    stdout = proc.stdout
+    assert "Worker scenario" in stdout
+    assert "req/s" in stdout and "CPU us/req" in stdout
+    assert "Gather scenario" in stdout
+    assert "Targets" in stdout
+    for client in ("httpx", "aiohttp"):
+        assert f"{client} req/s" in stdout
+    data = json.loads(out.read_text())
+    assert data["runs"], "no runs recorded"
+    assert {"runs", "medians", "targets", "environment"} <= set(data)
