@@ -1,0 +1,339 @@
+"""AuthServer, driven by http.client and pyspnego as an independent client."""
+
+from __future__ import annotations
+
+import base64
+import glob
+import http.client
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import spnego
+
+from httpx_extensions.testing import DEMO_USERS, AuthServer, pytest_plugin
+
+auth_server = pytest_plugin.auth_server
+
+PASSWORD = DEMO_USERS["alice"]
+_open: list[http.client.HTTPConnection] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_connections() -> Iterator[None]:
+    yield
+    while _open:
+        _open.pop().close()
+
+
+@pytest.fixture
+def server() -> Iterator[AuthServer]:
+    with AuthServer() as running:
+        yield running
+
+
+def connect(server: AuthServer) -> http.client.HTTPConnection:
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    _open.append(conn)
+    return conn
+
+
+def send(
+    conn: http.client.HTTPConnection,
+    authorization: str | None = None,
+    path: str = "/",
+    method: str = "GET",
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[http.client.HTTPResponse, bytes]:
+    headers = dict(headers or {})
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    conn.request(method, path, body=body, headers=headers)
+    response = conn.getresponse()
+    return response, response.read()
+
+
+def header(scheme: str, token: bytes) -> str:
+    return f"{scheme} {base64.b64encode(token).decode()}"
+
+
+def server_token(response: http.client.HTTPResponse, scheme: str) -> bytes:
+    values = [v for v in response.headers.get_all("WWW-Authenticate") or [] if " " in v]
+    assert len(values) == 1 and values[0].startswith(scheme + " ")
+    return base64.b64decode(values[0].split(" ", 1)[1])
+
+
+def client(user: str = "alice", password: str = PASSWORD, protocol: str = "ntlm") -> Any:
+    return spnego.client(user, password, hostname="127.0.0.1", service="HTTP", protocol=protocol)
+
+
+def handshake(
+    conn: http.client.HTTPConnection,
+    user: str = "alice",
+    password: str = PASSWORD,
+    scheme: str = "NTLM",
+    protocol: str = "ntlm",
+    path: str = "/",
+) -> tuple[http.client.HTTPResponse, bytes, Any]:
+    """Run every leg on ``conn``; return the last response, its body and the client context."""
+    ctx = client(user, password, protocol)
+    response, body = send(conn, header(scheme, ctx.step()), path)
+    while response.status == 401 and not ctx.complete:
+        try:
+            token = server_token(response, scheme)
+        except AssertionError:
+            break  # bare challenges: the server rejected the handshake
+        response, body = send(conn, header(scheme, ctx.step(token)), path)
+    return response, body, ctx
+
+
+def test_ntlm_handshake_on_one_connection_serves_the_user(server: AuthServer) -> None:
+    """A 3-leg NTLM handshake on one connection ends in 200 as EXAMPLE\\alice."""
+    conn = connect(server)
+    response, body, _ = handshake(conn)
+    data = json.loads(body)
+    assert response.status == 200
+    assert response.headers["X-Remote-User"] == data["user"] == "EXAMPLE\\alice"
+    assert data["mech"] == "ntlm"
+    assert data["request_index"] == 2
+    assert data["client_port"] == conn.sock.getsockname()[1]
+    assert (data["method"], data["path"]) == ("GET", "/")
+
+
+def test_authenticated_connection_needs_no_header(server: AuthServer) -> None:
+    """Once authenticated, later requests on the same connection are served without a header."""
+    conn = connect(server)
+    handshake(conn)
+    response, body = send(conn, path="/next")
+    assert response.status == 200
+    assert json.loads(body)["user"] == "EXAMPLE\\alice"
+    assert json.loads(body)["request_index"] == 3
+
+
+def test_new_connection_gets_both_challenges(server: AuthServer) -> None:
+    """A new connection without a header gets 401 with Negotiate and NTLM as two headers."""
+    handshake(connect(server))
+    response, _ = send(connect(server))
+    assert response.status == 401
+    assert response.headers.get_all("WWW-Authenticate") == ["Negotiate", "NTLM"]
+
+
+def test_type3_on_another_connection_is_rejected(server: AuthServer) -> None:
+    """A type-3 sent on another connection than its type-1 gets 401 with bare challenges."""
+    ctx = client()
+    response, _ = send(connect(server), header("NTLM", ctx.step()))
+    authenticate = ctx.step(server_token(response, "NTLM"))
+    response, _ = send(connect(server), header("NTLM", authenticate))
+    assert response.status == 401
+    assert response.headers.get_all("WWW-Authenticate") == ["Negotiate", "NTLM"]
+
+
+def test_wrong_password_is_rejected(server: AuthServer) -> None:
+    """A type-3 computed from a wrong password gets 401 and the connection stays anonymous."""
+    conn = connect(server)
+    response, _, _ = handshake(conn, password="wrong")
+    assert response.status == 401
+    assert response.headers.get_all("WWW-Authenticate") == ["Negotiate", "NTLM"]
+    assert send(conn)[0].status == 401
+
+
+@pytest.mark.parametrize("user", ["alice", "EXAMPLE\\alice", "example\\ALICE", "alice@EXAMPLE"])
+def test_user_name_forms(server: AuthServer, user: str) -> None:
+    """Bare, domain-qualified (any case) and UPN user names all authenticate as alice."""
+    response, body, _ = handshake(connect(server), user=user)
+    assert response.status == 200
+    assert json.loads(body)["user"] == "EXAMPLE\\alice"
+
+
+def test_other_domain_is_rejected(server: AuthServer) -> None:
+    """A user name qualified with another domain is not a user of this server."""
+    assert handshake(connect(server), user="OTHER\\alice")[0].status == 401
+
+
+def test_negotiate_spnego_completes_with_mutual_auth_token(server: AuthServer) -> None:
+    """SPNEGO-wrapped NTLM under Negotiate succeeds and its final token completes the client."""
+    response, body, ctx = handshake(connect(server), scheme="Negotiate", protocol="negotiate")
+    assert response.status == 200
+    assert json.loads(body)["mech"] == "ntlm"
+    ctx.step(server_token(response, "Negotiate"))
+    assert ctx.complete
+
+
+def test_negotiate_header_with_raw_ntlm_token(server: AuthServer) -> None:
+    """A raw NTLM token under the Negotiate scheme is accepted, answered under Negotiate."""
+    response, body, _ = handshake(connect(server), scheme="Negotiate", protocol="ntlm")
+    assert response.status == 200
+    assert json.loads(body)["user"] == "EXAMPLE\\alice"
+
+
+def test_ntlm_scheme_server_offers_and_takes_ntlm_only() -> None:
+    """scheme="ntlm" challenges with NTLM alone and refuses the Negotiate scheme."""
+    with AuthServer(scheme="ntlm") as ntlm_server:
+        response, _ = send(connect(ntlm_server))
+        assert response.headers.get_all("WWW-Authenticate") == ["NTLM"]
+        assert handshake(connect(ntlm_server), scheme="Negotiate")[0].status == 401
+        assert handshake(connect(ntlm_server))[0].status == 200
+
+
+def test_malformed_authorization_is_rejected(server: AuthServer) -> None:
+    """Unknown schemes, bad base64 and garbage tokens get 401, never an error."""
+    conn = connect(server)
+    for value in ["Basic YWxpY2U6cHc=", "NTLM !!!", "NTLM", "Negotiate AAAA"]:
+        assert send(conn, value)[0].status == 401
+    assert handshake(conn)[0].status == 200
+
+
+def test_anon_paths_need_no_auth(server: AuthServer) -> None:
+    """Paths under /anon are served anonymously; /anonymous is not under /anon."""
+    conn = connect(server)
+    response, body = send(conn, path="/anon/x?y=1")
+    assert response.status == 200 and json.loads(body)["user"] is None
+    assert send(conn, path="/anonymous")[0].status == 401
+
+
+def test_request_bodies_are_read_and_counted(server: AuthServer) -> None:
+    """Content-Length and chunked bodies are read whole; their length is echoed."""
+    conn = connect(server)
+    handshake(conn)
+    response, body = send(conn, method="POST", body=b"x" * 100_000)
+    assert json.loads(body)["body_length"] == 100_000
+    chunks = iter([b"abc", b"", b"defgh"])  # http.client sends an iterable chunked
+    response, body = send(conn, method="PUT", body=chunks)
+    assert (response.status, json.loads(body)["body_length"]) == (200, 8)
+    assert send(conn)[0].status == 200
+
+
+def test_per_request_auth_forgets_after_the_request() -> None:
+    """With connection_bound=False the identity ends with the request that completed it."""
+    with AuthServer(connection_bound=False, persistent_auth_header=True) as per_request:
+        conn = connect(per_request)
+        response, _, _ = handshake(conn)
+        assert response.status == 200
+        assert response.headers["Persistent-Auth"] == "false"
+        assert send(conn)[0].status == 401
+        assert handshake(conn)[0].status == 200
+
+
+def test_persistent_auth_header(server: AuthServer) -> None:
+    """persistent_auth_header=True marks authenticated responses Persistent-Auth: true."""
+    assert handshake(connect(server))[0].getheader("Persistent-Auth") is None
+    with AuthServer(persistent_auth_header=True) as persistent:
+        conn = connect(persistent)
+        assert handshake(conn)[0].headers["Persistent-Auth"] == "true"
+        assert send(conn)[0].headers["Persistent-Auth"] == "true"
+
+
+def test_counters(server: AuthServer) -> None:
+    """connections, handshakes, requests and per-user counts add up; reset_counters zeroes them."""
+    conn = connect(server)
+    handshake(conn)
+    send(conn)
+    handshake(connect(server), user="bob", password=DEMO_USERS["bob"])
+    send(connect(server))
+    send(connect(server), path="/anon")
+    assert (server.connections, server.handshakes, server.requests) == (4, 4, 7)
+    assert server.user_requests == {"alice": 2, "bob": 1}
+    server.reset_counters()
+    assert (server.connections, server.handshakes, server.requests) == (0, 0, 0)
+    assert server.user_requests == {}
+
+
+def test_stop_with_open_connections_returns_quickly() -> None:
+    """stop() closes idle keep-alive connections and joins every thread at once."""
+    server = AuthServer()
+    server.start()
+    conns = [connect(server) for _ in range(5)]
+    for conn in conns[:3]:
+        handshake(conn)
+    conns[3].connect()  # connected, no request yet
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 2
+    assert not [t for t in threading.enumerate() if t.name.startswith("AuthServer")]
+    with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
+        send(conns[0])
+    server.stop()  # idempotent
+
+
+def test_two_servers_in_one_process_keep_their_users() -> None:
+    """Two servers with different users (same name, other password) each accept only theirs."""
+    with (
+        AuthServer({"alice": "one"}, domain="ONE") as one,
+        AuthServer({"alice": "two", "carol": "c"}, domain="TWO") as two,
+    ):
+        assert handshake(connect(one), password="one")[0].status == 200
+        assert handshake(connect(two), password="two")[0].status == 200
+        assert handshake(connect(one), password="two")[0].status == 401
+        assert handshake(connect(one), user="carol", password="c")[0].status == 401
+        response, body, _ = handshake(connect(two), user="TWO\\carol", password="c")
+        assert json.loads(body)["user"] == "TWO\\carol"
+
+
+def test_concurrent_handshakes_on_two_servers() -> None:
+    """Handshakes racing on two servers' threads never see the other server's user file."""
+    failures: list[int] = []
+
+    def worker(target: AuthServer, password: str) -> None:
+        for _ in range(10):
+            status = handshake(connect(target), password=password)[0].status
+            if status != 200:
+                failures.append(status)
+
+    with AuthServer({"alice": "one"}) as one, AuthServer({"alice": "two"}) as two:
+        threads = [
+            threading.Thread(target=worker, args=(target, pw))
+            for target, pw in [(one, "one"), (two, "two")] * 3
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []
+
+
+def test_url_and_lifecycle_errors() -> None:
+    """url needs a running server; a server starts once; bad settings raise ValueError."""
+    server = AuthServer()
+    with pytest.raises(RuntimeError):
+        _ = server.url
+    with server:
+        assert server.url.startswith("http://127.0.0.1:")
+        with pytest.raises(RuntimeError):
+            server.start()
+    for kwargs in [
+        {"scheme": "basic"},
+        {"schemes": ()},
+        {"users": {"a:b": "pw"}},
+        {"users": {"alice": "pw\n"}},
+        {"domain": "EX\\AMPLE"},
+    ]:
+        with pytest.raises(ValueError):
+            AuthServer(**kwargs)
+
+
+def test_bind_refused_cleans_up() -> None:
+    """A port already in use raises OSError from start() and leaves no user file behind."""
+    pattern = os.path.join(tempfile.gettempdir(), "httpx-ext-users-*")
+    before = set(glob.glob(pattern))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        server = AuthServer(port=busy.getsockname()[1])
+        with pytest.raises(OSError):
+            server.start()
+    assert set(glob.glob(pattern)) == before
+
+
+def test_pytest_plugin_fixture(auth_server: AuthServer) -> None:
+    """The plugin's auth_server fixture yields a running server with the demo users."""
+    assert auth_server.users == DEMO_USERS
+    assert auth_server.domain == "EXAMPLE"
+    assert handshake(connect(auth_server))[0].status == 200
