@@ -1,0 +1,407 @@
+"""The only importer of pyspnego: credentials, SPN, channel bindings, one context per handshake.
+
+Theory of operation:
+
+1. A :class:`Credential` is built once per auth object and is immutable afterwards, except
+   for the NTLM hashes it derives from the password on first use (under a lock) so that
+   pyspnego does not redo the ~2 ms LM DES work for every handshake. Its repr never shows
+   the password or the hashes; its ``fingerprint`` is an HMAC under a per-process random
+   key, so equal credentials give equal identities without the secret being recoverable.
+2. A :class:`SecurityContext` wraps exactly one pyspnego context, for exactly one handshake
+   of one flow. Nothing in it is shared; the auth object only holds configuration.
+3. Every pyspnego / GSSAPI / SSPI failure leaves this module as a subclass of
+   :class:`~httpx_extensions.AuthenticationError` (see :func:`_translate`).
+
+This module does no I/O of its own except :func:`canonicalize` (blocking DNS: call it off
+the event loop) and knows nothing of HTTP, headers or connections.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import importlib.util
+import ipaddress
+import os
+import socket
+import sys
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import spnego
+import spnego.channel_bindings
+import spnego.exceptions
+
+from ._exceptions import (
+    AuthenticationError,
+    CredentialsRejectedError,
+    HandshakeError,
+    MutualAuthenticationError,
+    NoCredentialsError,
+    SPNNotFoundError,
+)
+
+__all__ = [
+    "KERBEROS_AVAILABLE",
+    "Credential",
+    "SecurityContext",
+    "Target",
+    "canonicalize",
+    "parse_spn",
+    "peer_certificate",
+    "tls_server_end_point",
+]
+
+KERBEROS_AVAILABLE: bool = sys.platform == "win32" or (
+    importlib.util.find_spec("gssapi") is not None and importlib.util.find_spec("krb5") is not None
+)
+_FINGERPRINT_KEY = os.urandom(32)
+
+
+class Credential:
+    """Who authenticates: the current user (all ``None``) or an explicit user and password.
+
+    Args:
+        username: ``"DOMAIN\\\\user"``, ``"user@REALM"`` or ``"user"``; ``None`` for the current
+            user (single sign-on).
+        password: the password; ``None`` to use the user's ticket cache / SSPI logon.
+        domain: the NetBIOS domain for a plain ``"user"``.
+
+    Raises:
+        ValueError: a password without a username, or ``domain=`` together with a
+            username that already names a domain: pass the user in one form only.
+    """
+
+    __slots__ = ("_hashes", "_lock", "_password", "domain", "fingerprint", "user", "upn")
+
+    def __init__(
+        self, username: str | None = None, password: str | None = None, domain: str | None = None
+    ) -> None:
+        if password is not None and not username:
+            raise ValueError("password= needs username= ('DOMAIN\\\\user' or 'user@REALM')")
+        user, upn = username or "", None
+        if "\\" in user:
+            named_domain, user = user.split("\\", 1)
+            if domain and domain.lower() != named_domain.lower():
+                raise ValueError(f"domain={domain!r} contradicts the username's domain")
+            domain = named_domain
+        elif "@" in user:
+            if domain:
+                raise ValueError("domain= cannot be combined with a 'user@REALM' username")
+            upn = user
+        self.user: str = user
+        self.domain: str | None = domain or None
+        self.upn: str | None = upn
+        self._password = password
+        self._hashes: str | None = None
+        self._lock = threading.Lock()
+        secret = f"{self.principal}\0{password or ''}".encode("utf-8", "surrogatepass")
+        digest = hmac.new(_FINGERPRINT_KEY, secret, hashlib.sha256).hexdigest()
+        self.fingerprint: str = digest[:16] if password is not None else ""
+
+    @property
+    def principal(self) -> str:
+        """The user as written in logs and identities (``""`` for the current user)."""
+        if self.upn:
+            return self.upn
+        return f"{self.domain}\\{self.user}" if self.domain else self.user
+
+    @property
+    def current_user(self) -> bool:
+        """True when no password was given: the OS credential (ticket cache, SSPI) is used."""
+        return self._password is None
+
+    def __repr__(self) -> str:
+        who = self.principal or "<current user>"
+        secret = ", password=***" if self._password is not None else ""
+        return f"Credential({who!r}{secret})"
+
+    def _ntlm_hashes(self) -> str:
+        """``LM:NT`` hex hashes, derived once (pyspnego accepts them in place of a password)."""
+        with self._lock:
+            if self._hashes is None:
+                password = self._password or ""
+                try:  # pyspnego's own one-way functions; private, so fall back gracefully.
+                    from spnego._ntlm_raw.crypto import lmowfv1, ntowfv1
+
+                    self._hashes = f"{lmowfv1(password).hex()}:{ntowfv1(password).hex()}"
+                except Exception:  # pragma: no cover - only if pyspnego moves them
+                    return password
+            return self._hashes
+
+    def for_spnego(self, protocol: str) -> Any:
+        """The ``username`` argument for ``spnego.client`` (credential objects or ``None``)."""
+        if self._password is None:
+            return self.principal or None
+        creds: list[Any] = []
+        if protocol in ("ntlm", "negotiate"):
+            ntlm_user = self.principal
+            hashes = self._ntlm_hashes()
+            if spnego.NTLMHash is not None and ":" in hashes and len(hashes) == 65:
+                lm, nt = hashes.split(":")
+                creds.append(spnego.NTLMHash(username=ntlm_user, lm_hash=lm, nt_hash=nt))
+            else:  # pragma: no cover
+                creds.append(spnego.Password(username=ntlm_user, password=self._password))
+        if protocol in ("kerberos", "negotiate"):
+            krb_user = self.upn or (
+                f"{self.user}@{self.domain.upper()}" if self.domain else self.user
+            )
+            creds.append(spnego.Password(username=krb_user, password=self._password))
+        return creds
+
+
+@dataclass(frozen=True)
+class Target:
+    """A service principal name: ``service@host`` (GSSAPI host-based form)."""
+
+    service: str
+    host: str
+
+    def __str__(self) -> str:
+        return f"{self.service}@{self.host}"
+
+
+def parse_spn(value: str, default_service: str = "HTTP") -> Target:
+    """Read ``"HTTP/host"``, ``"HTTP@host"`` or a bare ``"host"`` into a :class:`Target`.
+
+    Raises:
+        ValueError: an empty host or service; write the SPN as ``"HTTP/host.example.com"``.
+    """
+    for sep in ("/", "@"):
+        if sep in value:
+            service, host = value.split(sep, 1)
+            break
+    else:
+        service, host = default_service, value
+    host = host.split("@", 1)[0]  # drop a realm: "HTTP/host@REALM"
+    if not service or not host:
+        raise ValueError(f"invalid SPN {value!r}: write it as 'HTTP/host.example.com'")
+    return Target(service, host.lower())
+
+
+def canonicalize(host: str) -> str:
+    """Resolve a DNS alias (CNAME) to its canonical name; blocking, so call it in a thread.
+
+    IP literals and names that do not resolve are returned unchanged (lower-cased).
+    """
+    host = host.lower().rstrip(".")
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, 0, socket.SOCK_STREAM, 0, socket.AI_CANONNAME)
+    except (OSError, UnicodeError):
+        return host
+    for info in infos:
+        if info[3]:
+            return info[3].lower().rstrip(".")
+    return host
+
+
+def peer_certificate(network_stream: object) -> bytes | None:
+    """The DER certificate of the TLS connection behind an httpcore network stream, or None."""
+    get_extra_info = getattr(network_stream, "get_extra_info", None)
+    if get_extra_info is None:
+        return None
+    try:
+        ssl_object = get_extra_info("ssl_object")
+        cert = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    except Exception:  # a closed or foreign stream: no binding rather than a crash
+        return None
+    return cert if isinstance(cert, bytes) and cert else None
+
+
+def tls_server_end_point(cert_der: bytes) -> bytes:
+    """RFC 5929 ``tls-server-end-point`` application data for a DER certificate.
+
+    The hash is the certificate's signature hash, except MD5 and SHA-1 (and algorithms
+    without one, like Ed25519) which use SHA-256.
+
+    Raises:
+        HandshakeError: the certificate cannot be parsed; use ``channel_binding=False``
+            only if you trust the network path.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    try:
+        algorithm = x509.load_der_x509_certificate(cert_der).signature_hash_algorithm
+    except Exception as exc:
+        raise HandshakeError(
+            f"cannot read the server certificate for channel binding: {exc}"
+        ) from exc
+    if algorithm is None or isinstance(algorithm, (hashes.MD5, hashes.SHA1)):
+        algorithm = hashes.SHA256()
+    digest = hashes.Hash(algorithm)
+    digest.update(cert_der)
+    return b"tls-server-end-point:" + digest.finalize()
+
+
+class SecurityContext:
+    """One pyspnego client context for one handshake; never shared between flows.
+
+    Args:
+        protocol: ``"negotiate"``, ``"ntlm"`` or ``"kerberos"``.
+        credential: who authenticates.
+        target: the SPN.
+        cert_der: certificate of the TLS connection the tokens travel on (channel binding).
+        mutual: require the server's final token (mutual authentication).
+        delegate: ask for a forwardable, delegated Kerberos ticket.
+        request: the request, for error reporting.
+    """
+
+    def __init__(
+        self,
+        protocol: str,
+        credential: Credential,
+        target: Target,
+        *,
+        cert_der: bytes | None = None,
+        mutual: bool = True,
+        delegate: bool = False,
+        request: httpx.Request | None = None,
+    ) -> None:
+        self.protocol = protocol
+        self.target = target
+        self.channel_bound = cert_der is not None
+        self._request = request
+        req = spnego.ContextReq.default
+        if not mutual:
+            req &= ~spnego.ContextReq.mutual_auth
+        if delegate:
+            req |= spnego.ContextReq.delegate
+        try:
+            cb = None
+            if cert_der is not None:
+                cb = spnego.channel_bindings.GssChannelBindings(
+                    application_data=tls_server_end_point(cert_der)
+                )
+            self._ctx = spnego.client(
+                credential.for_spnego(protocol),
+                hostname=target.host,
+                service=target.service,
+                channel_bindings=cb,
+                context_req=req,
+                protocol=protocol,
+            )
+        except AuthenticationError:
+            raise
+        except Exception as exc:
+            raise _translate(exc, self, "creating the security context") from exc
+
+    @property
+    def blocking(self) -> bool:
+        """Whether :meth:`step` may block (KDC round trip, SSPI): run it in a worker thread.
+
+        Pure-Python NTLM never blocks and runs inline.
+        """
+        if self.protocol == "ntlm" or not KERBEROS_AVAILABLE:
+            return False
+        return self.mechanism != "ntlm"
+
+    @property
+    def complete(self) -> bool:
+        """The context is established (and, if asked, the server proved its identity)."""
+        return bool(self._ctx.complete)
+
+    @property
+    def mechanism(self) -> str | None:
+        """``"kerberos"`` or ``"ntlm"`` once known, else ``None``."""
+        proto = self._ctx.negotiated_protocol
+        return proto if proto in ("kerberos", "ntlm") else None
+
+    def step(self, in_token: bytes | None, *, final: bool = False) -> bytes | None:
+        """Process the server's token (``None`` to start) and return the next one to send.
+
+        Args:
+            in_token: the decoded token of the server's challenge.
+            final: the token came with the server's final (non-401) answer: failures are
+                mutual-authentication failures.
+
+        Raises:
+            AuthenticationError: a subclass saying what failed; see its docstring.
+        """
+        try:
+            out = self._ctx.step(in_token)
+        except Exception as exc:
+            if final:
+                raise MutualAuthenticationError(
+                    f"the final token of {self.target} did not verify ({_summary(exc)}); do not "
+                    "trust this response. Use mutual_auth=False only for servers known to "
+                    "send a broken final token.",
+                    request=self._request,
+                ) from exc
+            raise _translate(exc, self, "processing a token") from exc
+        return out if isinstance(out, bytes) else None
+
+    def __repr__(self) -> str:
+        return (
+            f"SecurityContext(protocol={self.protocol!r}, target='{self.target}', "
+            f"mechanism={self.mechanism!r}, complete={self.complete})"
+        )
+
+
+_SPN_MARKERS = ("server not found in kerberos database", "s_principal_unknown", "target_unknown")
+_NOCRED_MARKERS = (
+    "no kerberos credentials",
+    "credentials cache",
+    "ntlm_user_file",
+    "no username or password",
+    "no credentials",
+    "ticket expired",
+    "no applicable credentials",
+)
+_REJECT_MARKERS = ("preauthentication failed", "password incorrect", "client not found")
+
+
+def _summary(exc: BaseException) -> str:
+    """A short, secret-free description of an exception and its causes."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen and len(parts) < 4:
+        seen.add(id(cur))
+        parts.append(f"{type(cur).__name__}: {cur}"[:300])
+        base = getattr(cur, "base_error", None)
+        cur = base if isinstance(base, BaseException) else (cur.__cause__ or cur.__context__)
+    return "; ".join(parts)
+
+
+def _translate(exc: BaseException, ctx: SecurityContext, doing: str) -> AuthenticationError:
+    """Map a pyspnego/GSSAPI/SSPI exception to the matching AuthenticationError subclass."""
+    text = _summary(exc)
+    low = text.lower()
+    where = f"{ctx.protocol} authentication for {ctx.target} failed while {doing}"
+    request = ctx._request
+    if any(m in low for m in _SPN_MARKERS):
+        return SPNNotFoundError(
+            f"{where}: the KDC does not know SPN {ctx.target} ({text}). Register the SPN, "
+            "pass spn={host: 'HTTP/real.host'} or canonicalize_host=True.",
+            request=request,
+        )
+    if any(m in low for m in _REJECT_MARKERS):
+        return CredentialsRejectedError(
+            f"{where}: the KDC refused the credentials ({text}). Check username and password.",
+            request=request,
+        )
+    if isinstance(
+        exc, (spnego.exceptions.NoCredentialError, spnego.exceptions.CredentialsExpiredError)
+    ) or any(m in low for m in _NOCRED_MARKERS):
+        return NoCredentialsError(
+            f"{where}: no usable credential ({text}). Run kinit / log on, set NTLM_USER_FILE, "
+            "or pass username= and password=.",
+            request=request,
+        )
+    if isinstance(exc, spnego.exceptions.BadMICError):
+        return MutualAuthenticationError(f"{where}: {text}", request=request)
+    return HandshakeError(f"{where}: {text}", request=request)
+
+
+def overrides(spn: Mapping[str, str] | None, service: str) -> dict[str, Target]:
+    """Normalise the ``spn=`` argument: request host (lower-case) -> :class:`Target`."""
+    return {host.lower(): parse_spn(value, service) for host, value in (spn or {}).items()}

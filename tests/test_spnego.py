@@ -1,0 +1,263 @@
+"""The pyspnego wrapper: credentials, SPNs, channel bindings, contexts and error mapping."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import pathlib
+import time
+import typing
+
+import pytest
+import spnego
+import spnego.channel_bindings
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from httpx_extensions._exceptions import (
+    AuthenticationError,
+    HandshakeError,
+    MutualAuthenticationError,
+    NoCredentialsError,
+)
+from httpx_extensions._spnego import (
+    Credential,
+    SecurityContext,
+    Target,
+    canonicalize,
+    parse_spn,
+    peer_certificate,
+    tls_server_end_point,
+)
+
+
+@pytest.fixture
+def user_file(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
+    """An NTLM_USER_FILE for pyspnego's acceptor with alice/pw in EXAMPLE."""
+    path = tmp_path / "users"
+    path.write_text("EXAMPLE:alice:pw\n:alice:pw\n")
+    monkeypatch.setenv("NTLM_USER_FILE", str(path))
+    return path
+
+
+def _handshake(ctx: SecurityContext, server: typing.Any) -> None:
+    token = ctx.step(None)
+    while token is not None:
+        reply = server.step(token)
+        token = ctx.step(reply) if reply and not ctx.complete else None
+
+
+@pytest.mark.parametrize(
+    ("username", "domain", "principal"),
+    [
+        ("EXAMPLE\\alice", None, "EXAMPLE\\alice"),
+        ("alice", "EXAMPLE", "EXAMPLE\\alice"),
+        ("alice@EXAMPLE.COM", None, "alice@EXAMPLE.COM"),
+        ("alice", None, "alice"),
+        (None, None, ""),
+    ],
+)
+def test_credential_forms(username: str | None, domain: str | None, principal: str) -> None:
+    """DOMAIN\\user, user@REALM and domain= all give the expected principal."""
+    assert Credential(username, "pw" if username else None, domain).principal == principal
+
+
+def test_credential_rejects_contradictions() -> None:
+    """A password without user, or two different domains, is a configuration error."""
+    with pytest.raises(ValueError):
+        Credential(None, "pw")
+    with pytest.raises(ValueError):
+        Credential("A\\alice", "pw", domain="B")
+    with pytest.raises(ValueError):
+        Credential("alice@R", "pw", domain="B")
+
+
+def test_password_never_in_repr_or_fingerprint() -> None:
+    """The password and its hashes appear in no repr; fingerprints separate passwords."""
+    secret = "S3cr3t-Passw0rd"
+    cred = Credential("EXAMPLE\\alice", secret)
+    creds = cred.for_spnego("negotiate")
+    hashes_hex = cred._ntlm_hashes()
+    for text in (repr(cred), repr(creds), cred.fingerprint):
+        assert secret not in text and hashes_hex not in text
+        assert hashes_hex.split(":")[1] not in text.lower()
+    assert cred.fingerprint == Credential("EXAMPLE\\alice", secret).fingerprint
+    assert cred.fingerprint != Credential("EXAMPLE\\alice", "other").fingerprint
+    assert Credential().fingerprint == "" and Credential().current_user
+
+
+def test_ntlm_hashes_derived_once() -> None:
+    """The LM:NT hashes are computed once and reused (no per-context DES)."""
+    cred = Credential("EXAMPLE\\alice", "pw")
+    first = cred.for_spnego("ntlm")
+    start = time.perf_counter()
+    for _ in range(100):
+        again = cred.for_spnego("ntlm")
+    assert time.perf_counter() - start < 0.05
+    assert isinstance(first[0], spnego.NTLMHash) and first[0].nt_hash == again[0].nt_hash
+    kerberos = cred.for_spnego("kerberos")
+    assert [type(c) for c in kerberos] == [spnego.Password]
+    assert kerberos[0].username == "alice@EXAMPLE"
+    assert Credential().for_spnego("negotiate") is None
+    assert Credential("alice@R").for_spnego("ntlm") == "alice@R"
+
+
+@pytest.mark.parametrize(
+    ("value", "target"),
+    [
+        ("HTTP/web01.example.com", Target("HTTP", "web01.example.com")),
+        ("http@Web01", Target("http", "web01")),
+        ("HTTP/web01@EXAMPLE.COM", Target("HTTP", "web01")),
+        ("web01", Target("HTTP", "web01")),
+    ],
+)
+def test_parse_spn(value: str, target: Target) -> None:
+    """SPNs in slash, at and bare forms parse to service@host."""
+    assert parse_spn(value) == target
+    assert str(target) == f"{target.service}@{target.host}"
+
+
+def test_parse_spn_rejects_empty() -> None:
+    """An SPN without a host is a configuration error."""
+    with pytest.raises(ValueError):
+        parse_spn("HTTP/")
+
+
+def test_canonicalize_keeps_ip_and_unknown_names() -> None:
+    """IP literals are untouched; unresolvable names come back lower-cased."""
+    assert canonicalize("127.0.0.1") == "127.0.0.1"
+    assert canonicalize("::1") == "::1"
+    assert canonicalize("NoSuchHost.invalid.") == "nosuchhost.invalid"
+    assert canonicalize("localhost")  # resolves to something non-empty
+
+
+def _cert(algorithm: hashes.HashAlgorithm, key: typing.Any) -> bytes:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "example")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, algorithm)
+    )
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return cert.public_bytes(Encoding.DER)
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    """One RSA key for the certificate tests."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "digest"),
+    [(hashes.SHA256(), hashlib.sha256), (hashes.SHA512(), hashlib.sha512)],
+)
+def test_end_point_uses_signature_hash(
+    rsa_key: rsa.RSAPrivateKey, algorithm: hashes.HashAlgorithm, digest: typing.Any
+) -> None:
+    """RFC 5929: the certificate's own signature hash is used (SHA-256, SHA-512)."""
+    der = _cert(algorithm, rsa_key)
+    assert tls_server_end_point(der) == b"tls-server-end-point:" + digest(der).digest()
+
+
+def test_end_point_ecdsa_sha384() -> None:
+    """An ECDSA-with-SHA384 certificate is hashed with SHA-384."""
+    der = _cert(hashes.SHA384(), ec.generate_private_key(ec.SECP384R1()))
+    assert tls_server_end_point(der).endswith(hashlib.sha384(der).digest())
+
+
+def test_end_point_sha1_becomes_sha256(rsa_key: rsa.RSAPrivateKey) -> None:
+    """RFC 5929: MD5 and SHA-1 signed certificates are hashed with SHA-256."""
+    try:
+        der = _cert(hashes.SHA1(), rsa_key)
+    except Exception:  # pragma: no cover - a cryptography build that refuses SHA-1
+        pytest.skip("cannot make a SHA-1 signed certificate here")
+    assert tls_server_end_point(der).endswith(hashlib.sha256(der).digest())
+
+
+def test_end_point_rejects_garbage() -> None:
+    """A certificate that does not parse raises a typed error."""
+    with pytest.raises(HandshakeError):
+        tls_server_end_point(b"not a certificate")
+
+
+def test_peer_certificate_reads_the_stream() -> None:
+    """The certificate comes from network_stream.get_extra_info('ssl_object')."""
+
+    class SSLObject:
+        def getpeercert(self, binary_form: bool = False) -> bytes:
+            assert binary_form
+            return b"DER"
+
+    class Stream:
+        def __init__(self, obj: object) -> None:
+            self.obj = obj
+
+        def get_extra_info(self, name: str) -> object:
+            return self.obj if name == "ssl_object" else None
+
+    assert peer_certificate(Stream(SSLObject())) == b"DER"
+    assert peer_certificate(Stream(None)) is None
+    assert peer_certificate(None) is None
+    assert peer_certificate(object()) is None
+
+
+@pytest.mark.usefixtures("user_file")
+@pytest.mark.parametrize("protocol", ["ntlm", "negotiate"])
+def test_context_against_real_acceptor(protocol: str) -> None:
+    """A context completes against pyspnego's acceptor and reports the NTLM mechanism."""
+    ctx = SecurityContext(protocol, Credential("EXAMPLE\\alice", "pw"), Target("HTTP", "host"))
+    server = spnego.server(protocol=protocol)
+    _handshake(ctx, server)
+    assert server.complete and ctx.mechanism == "ntlm"
+    assert "pw" not in repr(ctx)
+
+
+@pytest.mark.usefixtures("user_file")
+def test_channel_binding_reaches_the_acceptor(rsa_key: rsa.RSAPrivateKey) -> None:
+    """The tls-server-end-point binding built from the certificate must match the server's."""
+    der = _cert(hashes.SHA256(), rsa_key)
+    bindings = spnego.channel_bindings.GssChannelBindings(
+        application_data=tls_server_end_point(der)
+    )
+    cred = Credential("EXAMPLE\\alice", "pw")
+    good = SecurityContext("ntlm", cred, Target("HTTP", "h"), cert_der=der)
+    assert good.channel_bound
+    _handshake(good, spnego.server(protocol="ntlm", channel_bindings=bindings))
+    assert good.complete
+    other = _cert(hashes.SHA256(), rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    bad = SecurityContext("ntlm", cred, Target("HTTP", "h"), cert_der=other)
+    server = spnego.server(protocol="ntlm", channel_bindings=bindings)
+    token = server.step(bad.step(None))
+    final = bad.step(token)
+    with pytest.raises(Exception, match="(?i)bind"):
+        server.step(final)
+
+
+def test_no_credentials_is_typed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NTLM single sign-on without NTLM_USER_FILE raises NoCredentialsError."""
+    monkeypatch.delenv("NTLM_USER_FILE", raising=False)
+    with pytest.raises(NoCredentialsError, match="NTLM_USER_FILE|kinit"):
+        ctx = SecurityContext("ntlm", Credential(), Target("HTTP", "h"))
+        ctx.step(None)
+
+
+def test_bad_server_token_is_typed() -> None:
+    """A garbage server token gives a HandshakeError, or a mutual-auth error when final."""
+    ctx = SecurityContext("ntlm", Credential("EXAMPLE\\alice", "pw"), Target("HTTP", "h"))
+    ctx.step(None)
+    with pytest.raises(AuthenticationError):
+        ctx.step(b"garbage")
+    ctx = SecurityContext("negotiate", Credential("EXAMPLE\\alice", "pw"), Target("HTTP", "h"))
+    ctx.step(None)
+    with pytest.raises(MutualAuthenticationError):
+        ctx.step(b"garbage", final=True)
