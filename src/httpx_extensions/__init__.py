@@ -3,8 +3,6 @@
 The public API is exactly ``__all__``; every other module is private.
 """
 
-from __future__ import annotations
-
 from ._client import ExClient
 from ._exceptions import AuthenticationError, HTTP2NotSupportedError
 from ._pool import PoolState

@@ -177,9 +177,8 @@ class _FlowEndingStream(httpx.AsyncByteStream):
         self._inner = typing.cast(httpx.AsyncByteStream, inner)
         self._flow = flow
 
-    async def __aiter__(self) -> typing.AsyncIterator[bytes]:
-        async for chunk in self._inner:
-            yield chunk
+    def __aiter__(self) -> typing.AsyncIterator[bytes]:
+        return self._inner.__aiter__()
 
     async def aclose(self) -> None:
         try:

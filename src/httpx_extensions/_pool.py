@@ -55,6 +55,7 @@ __all__ = ["Flow", "Pool", "PoolState", "current_flow"]
 logger = logging.getLogger("httpx_extensions")
 
 CONNECTING, ACTIVE, RESERVED, IDLE, CLOSED = range(5)
+_CONN_IDS = itertools.count(1)  # process-wide: a conn_id is never reused
 _STATE_NAMES = ("connecting", "active", "reserved", "idle", "closed")
 
 Key = tuple[Origin, typing.Hashable]
@@ -208,8 +209,6 @@ class Pool:
         )
         self._expiry = keepalive_expiry
         self._on_asyncio = on_asyncio
-        self._ids = itertools.count(1)
-        self._prefix = f"c{id(self) & 0xFFFF:04x}-"
         self._conns: dict[str, Connection] = {}
         self._connecting = 0
         self._idle: dict[Key, dict[str, Connection]] = {}
@@ -413,7 +412,7 @@ class Pool:
             self._grant_capacity()
 
     async def _open_slot(self, origin: Origin, timeout: float | None) -> Connection:
-        conn_id = f"{self._prefix}{next(self._ids)}"
+        conn_id = f"conn-{next(_CONN_IDS)}"
         try:
             conn = await self._open(conn_id, origin, timeout)
         except BaseException:

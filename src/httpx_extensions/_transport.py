@@ -357,25 +357,24 @@ class _ResponseStream(httpx.AsyncByteStream):
         self._timeout = timeout
         self._finished = False
 
-    async def __aiter__(self) -> typing.AsyncIterator[bytes]:
+    def __aiter__(self) -> typing.AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
         if self._finished:
-            return
-        conn = self._conn
+            raise StopAsyncIteration
         try:
             with _mapped(self._request):
-                while True:
-                    chunk = await conn.read_body(self._timeout)
-                    if chunk is None:
-                        break
-                    yield chunk
-        except BaseException as exc:
-            if not self._finished:
-                self._finished = True
-                conn.done(False)
-                if not isinstance(exc, GeneratorExit):  # no awaiting in a closing generator
-                    await conn.aclose()
+                chunk = await self._conn.read_body(self._timeout)
+        except BaseException:
+            self._finished = True
+            self._conn.done(False)
+            await self._conn.aclose()
             raise
-        self._finished = True
+        if chunk is None:
+            self._finished = True
+            raise StopAsyncIteration
+        return chunk
 
     async def aclose(self) -> None:
         if not self._finished:

@@ -1,0 +1,114 @@
+"""A tiny loopback HTTP/1.1 server that answers each request with the client port it came from.
+
+Paths:
+  ``/``              200, JSON ``{"port", "index", "path", "auth"}``
+  ``/leg``           like ``/``; a test auth flow uses it
+  ``/redirect?to=U`` 302 to U
+  ``/close``         200 with ``Connection: close``
+  ``/slow?s=SECS``   sleeps, then 200
+  ``/big?n=BYTES``   200 with an n-byte body
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import socketserver
+import threading
+import time
+import typing
+import urllib.parse
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def handle(self) -> None:
+        index = 0
+        while not self.server.stopping:
+            try:
+                line = self.rfile.readline(65537)
+            except OSError:
+                return
+            if not line:
+                return
+            headers: dict[str, str] = {}
+            while True:
+                h = self.rfile.readline(65537)
+                if h in (b"\r\n", b"\n", b""):
+                    break
+                k, _, v = h.decode("latin-1").partition(":")
+                headers[k.strip().lower()] = v.strip()
+            length = int(headers.get("content-length", "0") or 0)
+            if length:
+                self.rfile.read(length)
+            index += 1
+            method, target, _ = line.decode("latin-1").split(" ", 2)
+            url = urllib.parse.urlsplit(target)
+            query = dict(urllib.parse.parse_qsl(url.query))
+            self.server.requests += 1
+            status, extra, close = 200, [], False
+            body = json.dumps(
+                {
+                    "port": self.client_address[1],
+                    "index": index,
+                    "path": url.path,
+                    "auth": headers.get("authorization"),
+                }
+            ).encode()
+            if url.path == "/redirect":
+                status, extra = 302, [("Location", query["to"])]
+            elif url.path == "/close":
+                close = True
+            elif url.path == "/slow":
+                time.sleep(float(query.get("s", "1")))
+            elif url.path == "/big":
+                body = b"x" * int(query.get("n", "1000000"))
+            head = [f"HTTP/1.1 {status} {'OK' if status == 200 else 'Found'}"]
+            head += [f"{k}: {v}" for k, v in extra]
+            head += [f"Content-Length: {len(body)}", "Content-Type: application/json"]
+            if close:
+                head.append("Connection: close")
+            payload = ("\r\n".join(head) + "\r\n\r\n").encode() + (
+                b"" if method == "HEAD" else body
+            )
+            try:
+                self.wfile.write(payload)
+                self.wfile.flush()
+            except OSError:
+                return
+            if close:
+                return
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    stopping = False
+    requests = 0
+
+
+class PortServer:
+    """Run the server on 127.0.0.1, port 0, in a background thread."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self._server = _Server((host, 0), _Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self.url = f"http://{host}:{self._server.server_address[1]}"
+
+    @property
+    def requests(self) -> int:
+        return self._server.requests
+
+    def __enter__(self) -> PortServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: typing.Any) -> None:
+        self._server.stopping = True
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,36 @@
+"""Shared fixtures: every async test runs on asyncio and trio."""
+
+from __future__ import annotations
+
+import importlib.util
+import typing
+
+import pytest
+
+from tests._portserver import PortServer
+
+pytest_plugins = [
+    name
+    for name in ("tests.servers.fixtures", "httpx_extensions.testing.pytest_plugin")
+    if importlib.util.find_spec(name) is not None
+]
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Run each ``@pytest.mark.anyio`` test on both event loops."""
+    return typing.cast(str, request.param)
+
+
+@pytest.fixture(scope="session")
+def port_server() -> typing.Iterator[PortServer]:
+    """A loopback server that reports the client port of each request."""
+    with PortServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def port_server2() -> typing.Iterator[PortServer]:
+    """A second origin (another port) for cross-origin redirects."""
+    with PortServer() as server:
+        yield server

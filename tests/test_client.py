@@ -1,0 +1,122 @@
+"""ExClient as a drop-in httpx.AsyncClient: construction, conn_id, errors, custom transports."""
+
+from __future__ import annotations
+
+import typing
+
+import httpx
+import pytest
+
+import httpx_extensions
+from httpx_extensions import ExClient, ExTransport, HTTP2NotSupportedError
+from tests._portserver import PortServer
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_get_carries_conn_id(port_server: PortServer) -> None:
+    """A response from our pool names its connection; reuse keeps the same id."""
+    async with ExClient() as client:
+        r1 = await client.get(port_server.url + "/")
+        r2 = await client.get(port_server.url + "/")
+    assert r1.status_code == 200
+    assert r1.extensions["conn_id"] == r2.extensions["conn_id"]
+    assert r1.json()["port"] == r2.json()["port"]
+    assert r2.extensions["conn_requests"] == 2
+    assert r1.extensions["http_version"] == b"HTTP/1.1"
+    assert r1.extensions["reason_phrase"] == b"OK"
+
+
+async def test_conn_ids_never_reused(port_server: PortServer) -> None:
+    """A closed connection's id is not given to the next one."""
+    seen = set()
+    async with ExClient() as client:
+        for _ in range(5):
+            r = await client.get(port_server.url + "/close")
+            seen.add(r.extensions["conn_id"])
+    assert len(seen) == 5
+
+
+def test_http2_refused() -> None:
+    """http2=True fails at once, with an error httpx users catch as ValueError."""
+    with pytest.raises(HTTP2NotSupportedError, match="HTTP/1.1"):
+        ExClient(http2=True)
+    assert issubclass(HTTP2NotSupportedError, ValueError)
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [httpx.Limits(keepalive_expiry=0), httpx.Limits(max_keepalive_connections=0)],
+)
+def test_limits_without_keepalive_refused(limits: httpx.Limits) -> None:
+    """Limits that forbid keep-alive make pinning meaningless: refused with a reason."""
+    with pytest.raises(ValueError, match="keep-alive"):
+        ExClient(limits=limits)
+
+
+async def test_custom_transport_used_as_given() -> None:
+    """A caller's own transport is used unchanged (and its responses have no conn_id)."""
+    transport = httpx.MockTransport(lambda request: httpx.Response(204))
+    async with ExClient(transport=transport) as client:
+        r = await client.get("http://example.invalid/")
+    assert r.status_code == 204
+    assert "conn_id" not in r.extensions
+
+
+async def test_explicit_extransport(port_server: PortServer) -> None:
+    """An ExTransport given by the caller still tags responses and keeps flows."""
+    async with ExClient(transport=ExTransport(retries=1)) as client:
+        r = await client.get(port_server.url + "/")
+    assert r.extensions["conn_id"].startswith("conn-")
+
+
+async def test_unsupported_scheme() -> None:
+    """Non-HTTP schemes fail as httpx's do."""
+    async with ExClient() as client:
+        with pytest.raises(httpx.UnsupportedProtocol):
+            await client.get("ftp://example.invalid/")
+
+
+async def test_connect_error_is_httpx_error() -> None:
+    """A refused connection raises httpx.ConnectError and leaves the pool empty."""
+    async with ExClient() as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get("http://127.0.0.1:1/")
+        assert client.pool_state().connections == 0
+
+
+async def test_pool_state_and_repr(port_server: PortServer) -> None:
+    """pool_state counts connections by state; repr shows the counts."""
+    async with ExClient() as client:
+        await client.get(port_server.url + "/")
+        state = client.pool_state()
+        assert (state.active, state.idle, state.reserved, state.queued) == (0, 1, 0, 0)
+        assert "idle=1" in repr(client)
+
+
+async def test_post_body_and_stream(port_server: PortServer) -> None:
+    """Request bodies (bytes and streams) are sent; streamed responses iterate."""
+
+    async def gen() -> typing.AsyncIterator[bytes]:
+        yield b"abc"
+        yield b"def"
+
+    async with ExClient() as client:
+        r = await client.post(port_server.url + "/", content=b"hello")
+        assert r.status_code == 200
+        r = await client.post(port_server.url + "/", content=gen())
+        assert r.status_code == 200
+        async with client.stream("GET", port_server.url + "/big?n=300000") as r:
+            total = 0
+            async for chunk in r.aiter_bytes():
+                total += len(chunk)
+        assert total == 300000
+        assert client.pool_state().active == 0
+
+
+def test_public_api_is_all() -> None:
+    """Every public name is exported from the package itself, nothing else."""
+    for name in httpx_extensions.__all__:
+        assert hasattr(httpx_extensions, name)
+    public_modules = [n for n in dir(httpx_extensions) if not n.startswith("_")]
+    assert set(public_modules) - set(httpx_extensions.__all__) <= {"testing"}
