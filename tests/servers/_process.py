@@ -3,13 +3,19 @@
 Theory of operation: every server runs in its own session (``start_new_session``), so
 stopping it means signalling the whole process group: the Apache parent and its
 workers, squid and its auth helpers, nginx's master and workers all go at once and
-nothing is left behind. Each process writes stdout and stderr into a log file in its
+nothing is left behind. Two nets catch what a finalizer misses: an ``atexit`` hook stops
+every server still running when the interpreter exits, and ``setpriv --pdeathsig TERM``
+makes the kernel signal a server when the process that started it dies, even by
+SIGKILL. The kernel forgets that request when a process changes its uid (squid becomes
+``proxy``), so such a server runs under a small root shell that keeps it and passes the
+signal on (``watchdog=True``). Each process writes stdout and stderr into a log file in its
 private directory; when it dies during start-up, the tail of that file is put in the
 exception. This module knows nothing about what the servers are.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -34,6 +40,10 @@ __all__ = [
 
 #: Path searched for the servers' binaries (sbin is often missing from a user's PATH).
 SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: Runs "$@" in the background; on SIGTERM signals the whole group, then exits.
+_WATCHDOG = 'trap "kill -KILL 0" TERM; "$@" & wait $!'
+#: Servers started and not stopped yet; stopped at interpreter exit.
+_RUNNING: set[ServerProcess] = set()
 
 
 class ServerUnavailable(RuntimeError):
@@ -135,13 +145,15 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.02)
 
 
-@dataclass
+@dataclass(eq=False)
 class ServerProcess:
     """One server process (and its process group) started by :meth:`start`."""
 
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    #: Seconds between SIGTERM and SIGKILL when stopping.
+    grace: float = 5.0
     stopped: bool = field(default=False)
 
     @classmethod
@@ -153,11 +165,21 @@ class ServerProcess:
         log: Path,
         env: Mapping[str, str],
         cwd: Path | None = None,
+        grace: float = 5.0,
+        watchdog: bool = False,
     ) -> ServerProcess:
-        """Start ``argv`` in a new session with exactly ``env``, output into ``log``."""
+        """Start ``argv`` in a new session with exactly ``env``, output into ``log``.
+
+        ``grace`` is how long :meth:`stop` lets it shut down before killing it;
+        ``watchdog`` runs it under a shell that outlives its change of uid.
+        """
+        setpriv = shutil.which("setpriv", path=SEARCH_PATH)
+        prefix = [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+        if watchdog:
+            prefix += ["/bin/sh", "-c", _WATCHDOG, "watchdog"]
         with log.open("ab") as out:
             popen = subprocess.Popen(
-                list(argv),
+                [*prefix, *argv],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -165,7 +187,9 @@ class ServerProcess:
                 cwd=cwd,
                 start_new_session=True,
             )
-        return cls(name, popen, log)
+        process = cls(name, popen, log, grace)
+        _RUNNING.add(process)
+        return process
 
     def log_tail(self, lines: int = 15) -> str:
         """Return the last lines of the process's output."""
@@ -198,18 +222,19 @@ class ServerProcess:
 
         wait_until(listening, timeout, f"{self.name} on {host}:{port}")
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Terminate the whole process group, then kill what is left after ``timeout``."""
+    def stop(self) -> None:
+        """Terminate the whole process group, then kill what is left after :attr:`grace`."""
         if self.stopped:
             return
         self.stopped = True
+        _RUNNING.discard(self)
         pgid = self.popen.pid
         self._signal_group(pgid, signal.SIGTERM)
         try:
-            self.popen.wait(timeout)
+            self.popen.wait(self.grace)
         except subprocess.TimeoutExpired:
             self._signal_group(pgid, signal.SIGKILL)
-            self.popen.wait(timeout)
+            self.popen.wait(5.0)
         # Children that outlive their parent (helpers, workers) go too.
         self._signal_group(pgid, signal.SIGKILL)
 
@@ -219,3 +244,9 @@ class ServerProcess:
             os.killpg(pgid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+@atexit.register
+def _stop_all() -> None:
+    for process in list(_RUNNING):
+        process.stop()

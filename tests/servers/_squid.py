@@ -179,6 +179,8 @@ def start_squid(kdc: Kdc, directory: Path, origin_url: str, attempts: int = 3) -
             log=directory / "squid.out",
             env=env,
             cwd=directory,
+            grace=0.3,  # squid takes 2 s to shut down even with shutdown_lifetime 0
+            watchdog=True,
         )
         try:
             process.wait_port("127.0.0.1", port)
