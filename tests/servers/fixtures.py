@@ -31,7 +31,7 @@ import pytest
 from ._apache import Apache, start_apache
 from ._kdc import Kdc, start_kdc
 from ._nginx import Nginx, start_nginx
-from ._process import ServerUnavailable
+from ._process import ServerUnavailable, is_root
 from ._squid import Squid, start_squid
 
 __all__ = ["apache", "kdc", "need_kerberos_client", "nginx", "servers_dir", "squid"]
@@ -59,13 +59,21 @@ def need_kerberos_client() -> None:
 
 
 def _start(name: str, start: Callable[[], _T]) -> _T:
+    """Start a server and time it; skip (fail in CI) when it cannot run here."""
+    if not is_root():
+        unavailable(
+            "real servers run as root (they drop to www-data / proxy): "
+            "run scripts/install-servers as root to enable, then the tests as root"
+        )
     began = time.monotonic()
     try:
         server = start()
     except ServerUnavailable as exc:
-        unavailable(str(exc))
-    _STARTUP_SECONDS[name] = time.monotonic() - began
-    return server
+        reason = str(exc)
+    else:
+        _STARTUP_SECONDS[name] = time.monotonic() - began
+        return server
+    unavailable(reason)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
