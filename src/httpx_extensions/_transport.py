@@ -16,7 +16,6 @@ a ``CONNECT`` tunnel, one connection per target origin.
 from __future__ import annotations
 
 import base64
-import contextlib
 import logging
 import ssl
 import typing
@@ -55,16 +54,16 @@ _ERRORS: dict[type[Exception], type[httpx.TransportError]] = {
 }
 
 
-@contextlib.contextmanager
-def _mapped(request: httpx.Request) -> typing.Iterator[None]:
-    try:
-        yield
-    except tuple(_ERRORS) as exc:
-        for exc_type in type(exc).__mro__:
-            target = _ERRORS.get(exc_type)
-            if target is not None:
-                raise target(str(exc) or type(exc).__name__, request=request) from exc
-        raise  # pragma: no cover
+_MAPPED = tuple(_ERRORS)
+
+
+def _map_error(exc: Exception, request: httpx.Request) -> httpx.TransportError:
+    """The httpx error for an httpcore or h11 one (raise it ``from exc``)."""
+    for exc_type in type(exc).__mro__:
+        target = _ERRORS.get(exc_type)
+        if target is not None:
+            return target(str(exc) or type(exc).__name__, request=request)
+    raise AssertionError(f"unmapped {exc!r}")  # pragma: no cover
 
 
 def check_limits(limits: httpx.Limits) -> None:
@@ -201,22 +200,20 @@ class ExTransport(httpx.AsyncBaseTransport):
 
         retry = not explicit
         while True:
-            with _mapped(request):
+            try:
                 conn, tagged = await pool.acquire(
-                    origin,
-                    identity,
-                    pin,
-                    explicit,
-                    bool(ext.get("new_connection")),
-                    flow,
-                    timeouts,
+                    origin, identity, pin, explicit, bool(ext.get("new_connection")), flow, timeouts
                 )
+            except _MAPPED as exc:
+                raise _map_error(exc, request) from exc
             if ext.get("reserve"):
                 pool.reserve(conn)
             reused = conn.requests > 0
             try:
-                with _mapped(request):
+                try:
                     head = await conn.send(request.method.encode(), target, headers, body, timeouts)
+                except _MAPPED as exc:
+                    raise _map_error(exc, request) from exc
             except BaseException as exc:
                 conn.done(False)
                 await conn.aclose()
@@ -364,12 +361,13 @@ class _ResponseStream(httpx.AsyncByteStream):
         if self._finished:
             raise StopAsyncIteration
         try:
-            with _mapped(self._request):
-                chunk = await self._conn.read_body(self._timeout)
-        except BaseException:
+            chunk = await self._conn.read_body(self._timeout)
+        except BaseException as exc:
             self._finished = True
             self._conn.done(False)
             await self._conn.aclose()
+            if isinstance(exc, _MAPPED):
+                raise _map_error(exc, self._request) from exc
             raise
         if chunk is None:
             self._finished = True
