@@ -39,6 +39,10 @@ def user_file(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathli
     path = tmp_path / "users"
     path.write_text("EXAMPLE:alice:pw\n:alice:pw\n")
     monkeypatch.setenv("NTLM_USER_FILE", str(path))
+    krb5_conf = tmp_path / "krb5.conf"  # no KDC anywhere: Kerberos fails fast, not after DNS
+    krb5_conf.write_text("[libdefaults]\n dns_lookup_kdc = false\n dns_lookup_realm = false\n")
+    monkeypatch.setenv("KRB5_CONFIG", str(krb5_conf))
+    monkeypatch.setenv("KRB5CCNAME", f"FILE:{tmp_path / 'ccache'}")
     return path
 
 

@@ -3,8 +3,19 @@
 The public API is exactly ``__all__``; every other module is private.
 """
 
+from ._auth import AuthIdentity, KerberosAuth, NegotiateAuth, NTLMAuth
 from ._client import ExClient
-from ._exceptions import AuthenticationError, HTTP2NotSupportedError
+from ._exceptions import (
+    AuthenticationError,
+    CredentialsRejectedError,
+    HandshakeError,
+    HTTP2NotSupportedError,
+    MechanismNotAllowedError,
+    MutualAuthenticationError,
+    NoCredentialsError,
+    RequestBodyNotReplayableError,
+    SPNNotFoundError,
+)
 from ._pool import PoolState
 from ._transport import ExTransport
 from ._version import __version__
@@ -12,6 +23,17 @@ from ._version import __version__
 __all__ = [
     "__version__",
     "AuthenticationError",
+    "AuthIdentity",
+    "CredentialsRejectedError",
+    "HandshakeError",
+    "KerberosAuth",
+    "MechanismNotAllowedError",
+    "MutualAuthenticationError",
+    "NegotiateAuth",
+    "NoCredentialsError",
+    "NTLMAuth",
+    "RequestBodyNotReplayableError",
+    "SPNNotFoundError",
     "ExClient",
     "ExTransport",
     "HTTP2NotSupportedError",

@@ -1,0 +1,381 @@
+"""The auth flows: ``NegotiateAuth``, ``NTLMAuth``, ``KerberosAuth`` (httpx ``Auth`` subclasses).
+
+Theory of operation. One auth object is shared by thousands of concurrent flows, so it
+holds configuration and three small, bounded, lock-protected caches only (canonical host
+names, what each connection was authenticated with, whether the client reports conn_ids).
+Everything about one handshake (the security context, the connection, the leg count) is
+local to one flow: :meth:`_SpnegoAuth._flow`, a sans-IO generator that yields either an
+``httpx.Request`` to send or a :class:`Job` (blocking work: DNS, a Kerberos/SSPI step) for
+the sync or async driver to run (inline, or in a worker thread).
+
+A flow, per docs/internals.md (the pool/auth contract):
+
+1. Tag the request with a frozen :class:`AuthIdentity` and send it *without* credentials:
+   ExClient hands it a connection already authenticated as that identity when one is idle.
+2. Not a 401 (407 for proxies): done, no handshake.
+3. A 401 on a connection that was not authenticated as us: handshake on *this* connection
+   (pinned by ``conn_id``); channel bindings come from this connection's certificate.
+4. A 401 on a connection authenticated as us (``conn_tagged``), or a challenge with
+   ``Connection: close``: restart once, anonymously, on a fresh connection, except where
+   the server re-authenticates per request (Kerberos without ``Persistent-Auth: true``).
+5. During a handshake: a 401 with a token continues; a bare 401 means the server refused
+   the credentials; any other status ends it, after the server's final token is verified.
+
+The flow never knows about pools: it reads and writes extension keys only. A plain
+``httpx.AsyncClient`` reports no ``conn_id``: then the flow sends its first token with the
+first request (proactive) where no channel binding is needed before the connection is
+known.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Generator, MutableMapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, ClassVar, NamedTuple
+
+import httpx
+
+from ._exceptions import (
+    AuthenticationError,
+    CredentialsRejectedError,
+    HandshakeError,
+    MechanismNotAllowedError,
+    MutualAuthenticationError,
+    RequestBodyNotReplayableError,
+)
+from ._headers import Challenge, find_challenge, parse_challenges, persistent_auth
+from ._spnego import KERBEROS_AVAILABLE, Credential, SecurityContext, Target, peer_certificate
+
+__all__ = ["AuthIdentity", "FlowMixin", "Job", "LRU"]
+
+log = logging.getLogger("httpx_extensions.auth")
+
+_CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class AuthIdentity:
+    """The identity a connection is authenticated as: never holds a secret.
+
+    ``credential`` is a keyed fingerprint of the password (empty for the current user), so
+    two passwords of one user never share an authenticated connection.
+    """
+
+    scheme: str
+    principal: str
+    target: str
+    credential: str = ""
+    proxy: bool = False
+
+
+class Job:
+    """Work the flow needs done outside itself; ``blocking`` jobs run in a worker thread."""
+
+    __slots__ = ("blocking", "fn")
+
+    def __init__(self, fn: Callable[[], Any], blocking: bool) -> None:
+        self.fn = fn
+        self.blocking = blocking
+
+
+class _ConnInfo(NamedTuple):
+    mechanism: str
+    persistent: bool
+
+
+class LRU:
+    """A small thread-safe bounded mapping (flows may run on several threads)."""
+
+    def __init__(self, size: int = _CACHE_SIZE) -> None:
+        self._data: OrderedDict[Any, Any] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self._size:
+                self._data.popitem(last=False)
+
+
+class FlowMixin:
+    """The per-request flow of :class:`~httpx_extensions._auth._SpnegoAuth` (see module doc)."""
+
+    _kind: ClassVar[str]
+    _forbidden: frozenset[str]
+    _credential: Credential
+    _proxy: httpx.URL | None
+    _channel_binding: bool
+    _mutual: bool
+    _conns: LRU
+    _pool_aware: bool | None
+    max_legs: int
+
+    def _choose(
+        self, challenges: list[Challenge], request: httpx.Request
+    ) -> tuple[str, str] | None:
+        raise NotImplementedError
+
+    def _proactive_choice(self, request: httpx.Request) -> tuple[str, str] | None:
+        raise NotImplementedError
+
+    def _context(
+        self, protocol: str, target: Target, cert: bytes | None, request: httpx.Request
+    ) -> SecurityContext:
+        raise NotImplementedError
+
+    def _target_nowait(self, host: str) -> Target | None:
+        raise NotImplementedError
+
+    def _resolve(self, host: str) -> Target:
+        raise NotImplementedError
+
+    # -- the flow --------------------------------------------------------------------------
+    def _flow(self, request: httpx.Request) -> Generator[httpx.Request | Job, Any, None]:
+        status = 407 if self._proxy is not None else 401
+        challenge_header = "Proxy-Authenticate" if self._proxy is not None else "WWW-Authenticate"
+        host = self._proxy.host if self._proxy is not None else request.url.host
+        target = self._target_nowait(host)
+        if target is None:
+            target = yield Job(partial(self._resolve, host), blocking=True)
+        identity = AuthIdentity(
+            self._kind,
+            self._credential.principal,
+            str(target),
+            self._credential.fingerprint,
+            self._proxy is not None,
+        )
+        _set_ext(request, identity=identity)
+        if not _replayable(request):
+            raise RequestBodyNotReplayableError(
+                f"{request.method} {request.url}: the body is a one-shot stream and the "
+                "handshake may have to send it again; pass content=bytes or buffer_body=True",
+                request=request,
+            )
+        legs = 0
+        restarted = False
+        ctx: SecurityContext | None = None
+        scheme = ""
+        conn_id: Any = None
+        proactive = self._proactive_choice(request)
+        if proactive is not None:
+            scheme, protocol = proactive
+            try:
+                ctx = self._context(protocol, target, None, request)
+                token = yield Job(partial(ctx.step, None), ctx.blocking)
+                self._send_token(request, scheme, token, None)
+            except AuthenticationError as exc:  # best effort: go anonymous, fail on a 401
+                log.debug("no proactive token for %s: %s", target, type(exc).__name__)
+                ctx = proactive = None
+        while True:
+            if legs >= self.max_legs:
+                raise HandshakeError(
+                    f"gave up after {legs} requests for {identity.principal or 'current user'} "
+                    f"to {target}: the server kept answering {status}",
+                    request=request,
+                )
+            legs += 1
+            response = yield request
+            ext = response.extensions
+            self._pool_aware = "conn_id" in ext
+            if not _same_origin(request, response):
+                return  # a redirect inside the leg ended elsewhere: not ours to answer
+            challenges = parse_challenges(response.headers.get_list(challenge_header))
+            closing = "close" in response.headers.get("connection", "").lower()
+            # Decide what to send next: `break` sends, `return` ends, `continue` re-decides.
+            while True:
+                if ctx is not None:
+                    # Case 5: a response to one of our tokens.
+                    in_token = _token(find_challenge(challenges, scheme), request)
+                    moved = conn_id is not None and ext.get("conn_id") != conn_id
+                    if response.status_code != status and in_token is None and proactive:
+                        self._note_reuse(response)  # the server never asked: nothing to verify
+                        return
+                    if response.status_code != status:
+                        yield from self._finish(ctx, in_token, response, request, identity)
+                        return
+                    if in_token is None and (proactive is not None or moved):
+                        ctx, proactive = None, None  # decide afresh on this bare challenge
+                        if moved:
+                            restarted = self._restart_or_raise(restarted, request, target)
+                        continue
+                    if in_token is None or ctx.complete:
+                        raise CredentialsRejectedError(
+                            f"the server refused the {ctx.mechanism or scheme} logon of "
+                            f"{identity.principal or 'the current user'} for {target} "
+                            f"(conn {ext.get('conn_id')}): check username and password, "
+                            "the account, and the server's authorization rules",
+                            request=request,
+                        )
+                    if closing or moved:
+                        restarted = self._restart_or_raise(restarted, request, target)
+                        ctx = None
+                        _set_ext(request, conn_id=None, new_connection=True)
+                        request.headers.pop(self._auth_header, None)
+                        break
+                    proactive = None
+                    out = yield Job(partial(ctx.step, in_token), ctx.blocking)
+                    self._send_token(request, scheme, out, conn_id)
+                    break
+                # Cases 2-4: a response to a request without credentials.
+                if response.status_code != status:
+                    self._note_reuse(response)
+                    return
+                choice = self._choose(challenges, request)
+                if choice is None:
+                    return  # no challenge of ours: hand the 401 back to the caller
+                scheme, protocol = choice
+                conn_id = ext.get("conn_id")
+                if closing or (ext.get("conn_tagged") and not self._reauth_in_place(conn_id)):
+                    restarted = self._restart_or_raise(restarted, request, target)
+                    _set_ext(request, conn_id=None, new_connection=True)
+                    request.headers.pop(self._auth_header, None)
+                    break
+                cert = None
+                if self._channel_binding:
+                    cert = peer_certificate(ext.get("network_stream"))
+                ctx = self._context(protocol, target, cert, request)
+                log.debug(
+                    "starting %s handshake (%s) for %s, SPN %s, conn %s, channel binding %s",
+                    scheme, protocol, identity.principal or "current user", target, conn_id,
+                    cert is not None,
+                )  # fmt: skip
+                out = yield Job(partial(ctx.step, None), ctx.blocking)
+                self._send_token(request, scheme, out, conn_id)
+                break
+
+    @property
+    def _auth_header(self) -> str:
+        return "Proxy-Authorization" if self._proxy is not None else "Authorization"
+
+    def _send_token(
+        self, request: httpx.Request, scheme: str, token: bytes | None, conn_id: Any
+    ) -> None:
+        if not token:
+            raise HandshakeError(
+                f"the {scheme} security context produced no token to send", request=request
+            )
+        request.headers[self._auth_header] = f"{scheme} {base64.b64encode(token).decode()}"
+        _set_ext(request, conn_id=conn_id, new_connection=None)
+
+    def _restart_or_raise(self, restarted: bool, request: httpx.Request, target: Target) -> bool:
+        if restarted:
+            raise HandshakeError(
+                f"the handshake for {target} lost its connection twice (the server closes "
+                "or re-challenges authenticated connections); connection-bound auth cannot "
+                "complete here: check keep-alive on the server or any proxy in between",
+                request=request,
+            )
+        log.debug("restarting the handshake for %s on a fresh connection", target)
+        return True
+
+    def _finish(
+        self,
+        ctx: SecurityContext,
+        in_token: bytes | None,
+        response: httpx.Response,
+        request: httpx.Request,
+        identity: AuthIdentity,
+    ) -> Generator[Job, Any, None]:
+        """Case 5, last leg: verify the server's final token, record and report the result."""
+        if in_token is not None and not ctx.complete:
+            yield Job(partial(ctx.step, in_token, final=True), ctx.blocking)
+        if self._mutual and not ctx.complete and response.status_code < 400:
+            raise MutualAuthenticationError(
+                f"{response.status_code} from {ctx.target} without a final token that proves "
+                "the server's identity; do not trust this response (or pass mutual_auth=False "
+                "for servers known to omit it)",
+                request=request,
+            )
+        mechanism = ctx.mechanism or ctx.protocol
+        if mechanism in self._forbidden:
+            raise MechanismNotAllowedError(
+                f"the server negotiated {mechanism} for {ctx.target}, which this auth object "
+                "may not use: fix Kerberos for this host or allow NTLM",
+                request=request,
+            )
+        persistent = persistent_auth(response.headers.get_list("persistent-auth"))
+        if persistent is None:  # NTLM is connection-bound; Kerberos is only if the server says so
+            persistent = mechanism == "ntlm"
+        conn_id = response.extensions.get("conn_id")
+        if conn_id is not None:
+            self._conns.put(conn_id, _ConnInfo(mechanism, persistent))
+        _set_response_ext(response, mechanism)
+        fallback = self._kind == "negotiate" and mechanism == "ntlm" and KERBEROS_AVAILABLE
+        log.debug(
+            "authenticated %s with %s, SPN %s, conn %s (persistent %s)%s",
+            identity, mechanism, ctx.target, conn_id, persistent,
+            " (Negotiate fell back to NTLM)" if fallback else "",
+        )  # fmt: skip
+
+    def _note_reuse(self, response: httpx.Response) -> None:
+        info = self._conns.get(response.extensions.get("conn_id"))
+        if info is not None and response.extensions.get("conn_tagged"):
+            _set_response_ext(response, info.mechanism)
+
+    def _reauth_in_place(self, conn_id: Any) -> bool:
+        """Whether a tagged connection that answered 401 may be re-authenticated in place."""
+        info = self._conns.get(conn_id)
+        return info is not None and not info.persistent
+
+
+def _set_ext(request: httpx.Request, **values: Any) -> None:
+    """Set (or, with ``None``, remove) request extension keys."""
+    ext = dict(request.extensions)
+    for key, value in values.items():
+        if value is None:
+            ext.pop(key, None)
+        else:
+            ext[key] = value
+    request.extensions = ext
+
+
+def _set_response_ext(response: httpx.Response, mechanism: str) -> None:
+    if isinstance(response.extensions, MutableMapping):
+        response.extensions["auth_mechanism"] = mechanism
+    else:  # pragma: no cover - httpx always uses a dict
+        response.extensions = {**response.extensions, "auth_mechanism": mechanism}
+
+
+def _token(challenge: Challenge | None, request: httpx.Request) -> bytes | None:
+    if challenge is None or not challenge.token:
+        return None
+    try:
+        return base64.b64decode(challenge.token, validate=True)
+    except (binascii.Error, ValueError):
+        raise HandshakeError(
+            f"the server sent a malformed {challenge.scheme} token (not base64)", request=request
+        ) from None
+
+
+def _replayable(request: httpx.Request) -> bool:
+    if isinstance(request.stream, httpx.ByteStream):
+        return True
+    try:
+        request.content  # noqa: B018 - raises RequestNotRead for an unread stream
+    except httpx.RequestNotRead:
+        return False
+    return True
+
+
+def _same_origin(request: httpx.Request, response: httpx.Response) -> bool:
+    try:
+        other = response.request.url
+    except RuntimeError:
+        return True
+    url = request.url
+    return (other.scheme, other.host, other.port) == (url.scheme, url.host, url.port)

@@ -1,0 +1,444 @@
+"""The auth flows against a real pyspnego acceptor behind httpx.MockTransport.
+
+``FakeServer`` plays both sides of docs/internals.md: a connection-bound server (state per
+connection) and a tiny pool that honours ``conn_id``/``identity``/``new_connection`` and
+reports ``conn_id``/``conn_tagged``; with ``pool=False`` it reports nothing, like httpx.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import logging
+import pathlib
+import re
+import typing
+
+import httpx
+import pytest
+import spnego
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import httpx_extensions
+from httpx_extensions import (
+    AuthenticationError,
+    CredentialsRejectedError,
+    HandshakeError,
+    KerberosAuth,
+    MechanismNotAllowedError,
+    MutualAuthenticationError,
+    NegotiateAuth,
+    NTLMAuth,
+    RequestBodyNotReplayableError,
+)
+from httpx_extensions._auth import _SpnegoAuth
+from httpx_extensions._flow import Job
+from httpx_extensions._headers import parse_challenges
+
+pytestmark = pytest.mark.usefixtures("user_file")
+
+
+@pytest.fixture
+def user_file(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
+    """An NTLM_USER_FILE for pyspnego's acceptor with alice/pw in EXAMPLE."""
+    path = tmp_path / "users"
+    path.write_text("EXAMPLE:alice:pw\n:alice:pw\nEXAMPLE:bob:s3cret-Pass\n:bob:s3cret-Pass\n")
+    monkeypatch.setenv("NTLM_USER_FILE", str(path))
+    krb5_conf = tmp_path / "krb5.conf"  # no KDC anywhere: Kerberos fails fast, not after DNS
+    krb5_conf.write_text("[libdefaults]\n dns_lookup_kdc = false\n dns_lookup_realm = false\n")
+    monkeypatch.setenv("KRB5_CONFIG", str(krb5_conf))
+    monkeypatch.setenv("KRB5CCNAME", f"FILE:{tmp_path / 'ccache'}")
+    return path
+
+
+class Conn:
+    def __init__(self, conn_id: str) -> None:
+        self.conn_id = conn_id
+        self.tag: object = None
+        self.user: str | None = None
+        self.ctx: typing.Any = None
+        self.requests = 0
+
+
+class FakeServer:
+    """A connection-bound NTLM/Negotiate server and a fake pool, for MockTransport."""
+
+    def __init__(
+        self,
+        schemes: tuple[str, ...] = ("Negotiate", "NTLM"),
+        *,
+        pool: bool = True,
+        connection_bound: bool = True,
+        close_first: int = 0,
+        headers: dict[str, str] | None = None,
+        status: int = 401,
+    ) -> None:
+        self.schemes = schemes
+        self.pool = pool
+        self.connection_bound = connection_bound
+        self.close_first = close_first
+        self.headers = headers or {}
+        self.status = status
+        self.conns: dict[str, Conn] = {}
+        self.ids = itertools.count(1)
+        self.log: list[tuple[str, str | None, int]] = []  # (conn_id, auth scheme, status)
+        self.handshakes = 0
+
+    def _conn(self, request: httpx.Request) -> Conn:
+        ext = request.extensions
+        pinned = ext.get("conn_id")
+        if not self.pool and self.conns:  # httpx with one keep-alive connection
+            return next(iter(self.conns.values()))
+        if self.pool and pinned in self.conns and not ext.get("new_connection"):
+            return self.conns[pinned]
+        if self.pool and not ext.get("new_connection") and ext.get("identity") is not None:
+            for conn in reversed(self.conns.values()):
+                if conn.tag == ext["identity"]:
+                    return conn
+        conn = Conn(f"c{next(self.ids)}")
+        self.conns[conn.conn_id] = conn
+        return conn
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        conn = self._conn(request)
+        tagged = conn.tag is not None and conn.tag == request.extensions.get("identity")
+        conn.tag = request.extensions.get("identity")
+        conn.requests += 1
+        header = request.headers.get(
+            "authorization" if self.status == 401 else "proxy-authorization"
+        )
+        response = self._answer(conn, header)
+        self.log.append((conn.conn_id, header.split()[0] if header else None, response.status_code))
+        if self.pool:
+            response.extensions.update(
+                conn_id=conn.conn_id, conn_tagged=tagged, conn_requests=conn.requests
+            )
+        return response
+
+    def _challenge(self, token: bytes | None = None, scheme: str | None = None) -> httpx.Response:
+        name = "WWW-Authenticate" if self.status == 401 else "Proxy-Authenticate"
+        if token is not None:
+            values = [f"{scheme} {base64.b64encode(token).decode()}"]
+        else:
+            values = list(self.schemes)
+        headers = [(name, v) for v in values]
+        if self.close_first > 0:
+            self.close_first -= 1
+            headers.append(("Connection", "close"))
+        return httpx.Response(self.status, headers=headers)
+
+    def _answer(self, conn: Conn, header: str | None) -> httpx.Response:
+        if header is None:
+            if conn.user is not None:
+                return self._ok(conn.user)
+            return self._challenge()
+        scheme, _, b64 = header.partition(" ")
+        if scheme not in self.schemes:
+            return self._challenge()
+        if conn.ctx is None:
+            protocol = "ntlm" if base64.b64decode(b64).startswith(b"NTLMSSP") else "negotiate"
+            conn.ctx = spnego.server(protocol=protocol)
+        try:
+            out = conn.ctx.step(base64.b64decode(b64))
+        except Exception:
+            conn.ctx = None
+            return self._challenge()
+        if not conn.ctx.complete:
+            return self._challenge(out, scheme)
+        user, conn.ctx = conn.ctx.client_principal, None
+        self.handshakes += 1
+        if self.connection_bound:
+            conn.user = user
+        response = self._ok(user)
+        if out:
+            response.headers["WWW-Authenticate"] = f"{scheme} {base64.b64encode(out).decode()}"
+        return response
+
+    def _ok(self, user: str | None) -> httpx.Response:
+        return httpx.Response(200, json={"user": user}, headers=self.headers)
+
+
+def _client(server: FakeServer) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.MockTransport(server))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("cls", [NegotiateAuth, NTLMAuth])
+async def test_handshake_then_reuse(cls: type[_SpnegoAuth]) -> None:
+    """One handshake on the 401's connection; later requests reuse it with no header."""
+    server = FakeServer()
+    auth = cls("EXAMPLE\\alice", "pw")
+    async with _client(server) as client:
+        first = await client.get("http://h/", auth=auth)
+        second = await client.get("http://h/", auth=auth)
+    assert first.status_code == 200 and first.json()["user"].lower().endswith("alice")
+    assert first.extensions["auth_mechanism"] == "ntlm"
+    assert second.extensions["auth_mechanism"] == "ntlm"
+    assert server.handshakes == 1 and len(server.conns) == 1
+    scheme = "Negotiate" if cls is NegotiateAuth else "NTLM"
+    assert server.log == [
+        ("c1", None, 401),
+        ("c1", scheme, 401),
+        ("c1", scheme, 200),
+        ("c1", None, 200),
+    ]
+
+
+@pytest.mark.anyio
+async def test_no_auth_needed_means_no_handshake() -> None:
+    """A 200 to the anonymous first leg ends the flow without a handshake."""
+    server = FakeServer()
+    server.conns["c0"] = Conn("c0")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200))) as c:
+        response = await c.get("http://h/", auth=NegotiateAuth("EXAMPLE\\alice", "pw"))
+    assert response.status_code == 200 and "auth_mechanism" not in response.extensions
+    assert response.request.extensions["identity"].principal == "EXAMPLE\\alice"
+    assert "Authorization" not in response.request.headers
+
+
+@pytest.mark.anyio
+async def test_lost_authentication_goes_to_fresh_connection() -> None:
+    """A 401 on a connection tagged with our identity restarts on a new connection."""
+    server = FakeServer()
+    auth = NTLMAuth("EXAMPLE\\alice", "pw")
+    async with _client(server) as client:
+        await client.get("http://h/", auth=auth)
+        server.conns["c1"].user = None  # the server forgot the logon
+        response = await client.get("http://h/", auth=auth)
+    assert response.status_code == 200 and server.handshakes == 2
+    assert server.log[3:] == [
+        ("c1", None, 401),
+        ("c2", None, 401),
+        ("c2", "NTLM", 401),
+        ("c2", "NTLM", 200),
+    ]
+
+
+@pytest.mark.anyio
+async def test_connection_close_challenge_restarts_once() -> None:
+    """A challenge with Connection: close moves the handshake to a fresh connection, once."""
+    server = FakeServer(close_first=1)
+    async with _client(server) as client:
+        response = await client.get("http://h/", auth=NTLMAuth("EXAMPLE\\alice", "pw"))
+    assert response.status_code == 200
+    assert [c for c, _, _ in server.log] == ["c1", "c2", "c2", "c2"]
+    server = FakeServer(close_first=5)
+    async with _client(server) as client:
+        with pytest.raises(HandshakeError, match="twice"):
+            await client.get("http://h/", auth=NTLMAuth("EXAMPLE\\alice", "pw"))
+
+
+@pytest.mark.anyio
+async def test_wrong_password_is_rejected() -> None:
+    """A bare 401 after the last token raises CredentialsRejectedError, password unnamed."""
+    server = FakeServer()
+    async with _client(server) as client:
+        with pytest.raises(CredentialsRejectedError) as info:
+            await client.get("http://h/", auth=NTLMAuth("EXAMPLE\\alice", "wrong-pw"))
+    assert "wrong-pw" not in str(info.value) and "alice" in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_plain_client_sends_proactively() -> None:
+    """Without conn_ids the second request starts with a token (no anonymous leg)."""
+    server = FakeServer(pool=False, connection_bound=False)
+    auth = NTLMAuth("EXAMPLE\\alice", "pw")
+    async with _client(server) as client:
+        assert (await client.get("http://h/", auth=auth)).status_code == 200
+        assert (await client.get("http://h/", auth=auth)).status_code == 200
+    assert [s for _, s, _ in server.log] == [None, "NTLM", "NTLM", "NTLM", "NTLM"]
+
+
+@pytest.mark.anyio
+async def test_ntlm_only_server_and_allow_ntlm_false() -> None:
+    """allow_ntlm=False and KerberosAuth refuse an NTLM-only server with a typed error."""
+    for auth in (NegotiateAuth("EXAMPLE\\alice", "pw", allow_ntlm=False), KerberosAuth()):
+        async with _client(FakeServer(("NTLM",))) as client:
+            with pytest.raises(MechanismNotAllowedError, match="NTLM"):
+                await client.get("http://h/", auth=auth)
+
+
+@pytest.mark.anyio
+async def test_negotiate_uses_ntlm_scheme_when_only_offered() -> None:
+    """NegotiateAuth answers an NTLM-only server with the NTLM scheme."""
+    server = FakeServer(("NTLM",))
+    async with _client(server) as client:
+        response = await client.get("http://h/", auth=NegotiateAuth("EXAMPLE\\alice", "pw"))
+    assert response.status_code == 200 and server.log[1][1] == "NTLM"
+
+
+@pytest.mark.anyio
+async def test_foreign_challenge_is_returned() -> None:
+    """A 401 with only Basic is handed back unchanged."""
+    async with _client(FakeServer(("Basic",))) as client:
+        response = await client.get("http://h/", auth=NegotiateAuth("EXAMPLE\\alice", "pw"))
+    assert response.status_code == 401
+
+
+@pytest.mark.anyio
+async def test_endless_challenges_are_bounded() -> None:
+    """A server that always answers with a new token stops after max_legs."""
+    token = base64.b64encode(b"NTLMSSP\x00garbage").decode()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, headers={"WWW-Authenticate": f"Negotiate {token}"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        with pytest.raises(AuthenticationError):
+            await client.get("http://h/", auth=NegotiateAuth("EXAMPLE\\alice", "pw"))
+
+
+@pytest.mark.anyio
+async def test_mutual_auth_needs_final_token() -> None:
+    """SPNEGO without the server's final token fails mutual auth unless relaxed."""
+
+    class NoFinal(FakeServer):
+        def _ok(self, user: str | None) -> httpx.Response:
+            return httpx.Response(200, json={"user": user})
+
+        def _answer(self, conn: Conn, header: str | None) -> httpx.Response:
+            response = super()._answer(conn, header)
+            if response.status_code == 200:
+                response.headers.pop("WWW-Authenticate", None)
+            return response
+
+    async with _client(NoFinal(("Negotiate",))) as client:
+        with pytest.raises(MutualAuthenticationError):
+            await client.get("http://h/", auth=NegotiateAuth("EXAMPLE\\alice", "pw"))
+        relaxed = NegotiateAuth("EXAMPLE\\alice", "pw", mutual_auth=False)
+        assert (await client.get("http://h/", auth=relaxed)).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_body_replayed_and_streams_refused() -> None:
+    """A bytes body is sent on every leg; a one-shot stream fails before sending."""
+    bodies: list[bytes] = []
+    server = FakeServer()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.read())
+        return server(request)
+
+    async def stream() -> typing.AsyncIterator[bytes]:
+        yield b"chunk"
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        auth = NTLMAuth("EXAMPLE\\alice", "pw")
+        await client.post("http://h/", content=b"data", auth=auth)
+        assert bodies == [b"data"] * 3
+        buffered = await client.post("http://h/", content=stream(), auth=auth)
+        assert buffered.status_code == 200 and bodies[-1] == b"chunk"
+        unbuffered = NTLMAuth("EXAMPLE\\alice", "pw", buffer_body=False)
+        count = len(bodies)
+        with pytest.raises(RequestBodyNotReplayableError):
+            await client.post("http://h/", content=stream(), auth=unbuffered)
+        assert len(bodies) == count
+
+
+@pytest.mark.anyio
+async def test_proxy_407() -> None:
+    """proxy= answers 407/Proxy-Authenticate with Proxy-Authorization for the proxy's SPN."""
+    server = FakeServer(status=407)
+    auth = NTLMAuth("EXAMPLE\\alice", "pw", proxy="http://proxy.example:3128")
+    async with _client(server) as client:
+        response = await client.get("http://h/", auth=auth)
+    assert response.status_code == 200
+    assert response.request.extensions["identity"].target == "HTTP@proxy.example"
+    assert response.request.extensions["identity"].proxy
+    assert "Authorization" not in response.request.headers
+
+
+@pytest.mark.anyio
+async def test_spn_override_per_host() -> None:
+    """spn= overrides only the named host; the Host header is never rewritten."""
+    auth = NegotiateAuth(spn={"alias.example": "HTTP/web01.example"})
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        await client.get("http://alias.example/", auth=auth)
+        await client.get("http://other.example/", auth=auth)
+    assert seen[0].extensions["identity"].target == "HTTP@web01.example"
+    assert seen[0].headers["host"] == "alias.example"
+    assert seen[1].extensions["identity"].target == "HTTP@other.example"
+
+
+def test_sync_client_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """httpx.Client works too; DEBUG logs name mechanism and SPN but no secret or token."""
+    server = FakeServer()
+    caplog.set_level(logging.DEBUG, logger="httpx_extensions.auth")
+    with httpx.Client(transport=httpx.MockTransport(server)) as client:
+        response = client.get("http://h/", auth=NegotiateAuth("EXAMPLE\\bob", "s3cret-Pass"))
+    assert response.status_code == 200 and response.json()["user"].lower().endswith("bob")
+    text = caplog.text
+    assert "HTTP@h" in text and "s3cret" not in text and "TlRM" not in text and "ntlm" in text
+    assert not re.search(r"(Negotiate|NTLM) [A-Za-z0-9+/=]{16,}", text)
+
+
+def test_repr_hides_password() -> None:
+    """No repr of the auth objects or identities contains the password."""
+    for cls in (NegotiateAuth, NTLMAuth, KerberosAuth):
+        auth = cls("EXAMPLE\\alice", "hunter2-secret")
+        assert "hunter2-secret" not in repr(auth) and "***" in repr(auth)
+        assert "hunter2-secret" not in repr(vars(auth))
+    assert repr(NegotiateAuth()) == "NegotiateAuth(username='<current user>')"
+
+
+def test_public_names() -> None:
+    """The auth classes and errors are public and subclass the httpx errors."""
+    for name in ("NegotiateAuth", "NTLMAuth", "KerberosAuth", "AuthIdentity"):
+        assert name in httpx_extensions.__all__
+    assert issubclass(CredentialsRejectedError, httpx.RequestError)
+
+
+# -- the flow as a state machine: any server behaviour ends in a response or a typed error ----
+
+_statuses = st.sampled_from([200, 401, 401, 401, 403, 500])
+_values = st.sampled_from(
+    ["Negotiate", "NTLM", "Negotiate, NTLM", "Basic realm=x", "NTLM !!!", "Negotiate oQcwBaADCgEC",
+     "NTLM TlRMTVNTUAACAAAA", "", "Negotiate " + base64.b64encode(b"\x00" * 40).decode()]
+)  # fmt: skip
+_responses = st.builds(
+    lambda status, values, close, tagged, conn: (status, values, close, tagged, conn),
+    _statuses,
+    st.lists(_values, max_size=2),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from([None, "c1", "c2"]),
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(_responses, min_size=1, max_size=10), st.sampled_from([0, 1, 2]))
+def test_flow_fuzz(script: list[tuple[typing.Any, ...]], which: int) -> None:
+    """Driven with arbitrary responses, the flow only ever raises AuthenticationError."""
+    auth = [NegotiateAuth("EXAMPLE\\alice", "pw"), NTLMAuth("EXAMPLE\\alice", "pw"),
+            NegotiateAuth("EXAMPLE\\alice", "pw", allow_ntlm=False)][which]  # fmt: skip
+    request = httpx.Request("GET", "https://h/")
+    flow = auth._flow(request)
+    value: typing.Any = None
+    steps = iter(script)
+    try:
+        for _ in range(50):
+            action = flow.send(value)
+            if isinstance(action, Job):
+                value = action.fn()
+                continue
+            status, values, close, tagged, conn = next(steps)
+            headers = [("WWW-Authenticate", v) for v in values]
+            if close:
+                headers.append(("Connection", "close"))
+            ext = {"conn_id": conn, "conn_tagged": tagged} if conn else {}
+            value = httpx.Response(status, headers=headers, extensions=ext, request=action)
+        raise AssertionError("the flow did not end")  # pragma: no cover
+    except (StopIteration, AuthenticationError):
+        pass
+    assert parse_challenges([]) == []
+    json.dumps(None)
