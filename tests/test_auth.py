@@ -41,11 +41,15 @@ pytestmark = pytest.mark.usefixtures("user_file")
 
 
 @pytest.fixture
-def user_file(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
+def user_file(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> pathlib.Path:
     """An NTLM_USER_FILE for pyspnego's acceptor with alice/pw in EXAMPLE."""
     path = tmp_path / "users"
     path.write_text("EXAMPLE:alice:pw\n:alice:pw\nEXAMPLE:bob:s3cret-Pass\n:bob:s3cret-Pass\n")
     monkeypatch.setenv("NTLM_USER_FILE", str(path))
+    if "kdc" in request.fixturenames:
+        return path  # the real KDC's environment applies
     krb5_conf = tmp_path / "krb5.conf"  # no KDC anywhere: Kerberos fails fast, not after DNS
     krb5_conf.write_text("[libdefaults]\n dns_lookup_kdc = false\n dns_lookup_realm = false\n")
     monkeypatch.setenv("KRB5_CONFIG", str(krb5_conf))
@@ -442,3 +446,104 @@ def test_flow_fuzz(script: list[tuple[typing.Any, ...]], which: int) -> None:
         pass
     assert parse_challenges([]) == []
     json.dumps(None)
+
+
+# -- integration: the real threaded AuthServer, with ExClient and with plain httpx -----------
+
+AuthServer = pytest.importorskip("httpx_extensions.testing").AuthServer
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("scheme", ["negotiate", "ntlm"])
+async def test_exclient_concurrent_flows_reuse_connections(scheme: str) -> None:
+    """200 concurrent requests through ExClient: each connection authenticates once."""
+    import anyio
+
+    from httpx_extensions import ExClient
+
+    with AuthServer(users={"alice": "pw"}, domain="EXAMPLE", scheme=scheme) as server:
+        auth = NegotiateAuth("EXAMPLE\\alice", "pw")
+        users: list[str] = []
+        async with ExClient(limits=httpx.Limits(max_connections=5)) as client:
+
+            async def one() -> None:
+                response = await client.get(server.url + "/", auth=auth)
+                assert response.status_code == 200, response.headers
+                assert response.extensions["auth_mechanism"] == "ntlm"
+                users.append(response.json()["user"])
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(200):
+                    tg.start_soon(one)
+        assert len(users) == 200 and all(u.lower().endswith("alice") for u in users)
+        assert server.connections <= 5
+        # two legs with Authorization per connection (type 1 and type 3), nothing more
+        assert server.handshakes <= 2 * server.connections
+
+
+@pytest.mark.anyio
+async def test_plain_httpx_against_auth_server() -> None:
+    """A plain httpx.AsyncClient completes the handshake too (sequential requests)."""
+    with AuthServer(users={"alice": "pw"}, domain="EXAMPLE", scheme="ntlm") as server:
+        auth = NTLMAuth("alice", "pw", domain="EXAMPLE")
+        async with httpx.AsyncClient() as client:
+            for _ in range(3):
+                response = await client.get(server.url + "/", auth=auth)
+                assert response.status_code == 200
+                assert response.json()["user"].lower().endswith("alice")
+
+
+@pytest.mark.anyio
+async def test_exclient_wrong_password_and_identities_do_not_mix() -> None:
+    """Wrong password raises; two users never share an authenticated connection."""
+    from httpx_extensions import ExClient
+
+    users = {"alice": "pw", "bob": "pw2"}
+    with AuthServer(users=users, domain="EXAMPLE", scheme="negotiate") as server:
+        async with ExClient() as client:
+            with pytest.raises(CredentialsRejectedError):
+                await client.get(server.url + "/", auth=NTLMAuth("EXAMPLE\\alice", "bad"))
+            for _ in range(3):
+                for name, password in users.items():
+                    auth = NegotiateAuth(f"EXAMPLE\\{name}", password)
+                    response = await client.get(server.url + "/", auth=auth)
+                    assert response.json()["user"].lower().endswith(name)
+            anonymous = await client.get(server.url + "/")
+            assert anonymous.status_code == 401
+
+
+@pytest.mark.anyio
+@pytest.mark.xfail(
+    reason="contract: ExClient's flow reservation pins a request that asks new_connection=True "
+    "to the reserved (already authenticated) connection; new_connection must win",
+    strict=True,
+)
+async def test_exclient_new_connection_after_lost_logon() -> None:
+    """A server that forgets the logon: the re-handshake moves to a fresh connection."""
+    from httpx_extensions import ExClient
+
+    with AuthServer(
+        users={"alice": "pw"}, domain="EXAMPLE", scheme="ntlm", connection_bound=False
+    ) as server:
+        auth = NTLMAuth("EXAMPLE\\alice", "pw")
+        async with ExClient() as client:
+            for _ in range(2):
+                assert (await client.get(server.url + "/", auth=auth)).status_code == 200
+        assert server.connections == 2
+
+
+# -- real servers (root only): MIT KDC + Apache mod_auth_gssapi ---------------------------------
+
+
+@pytest.mark.anyio
+async def test_kerberos_against_apache(kdc: typing.Any, apache: typing.Any) -> None:
+    """Kerberos SSO from the ticket cache, then an explicit NTLM-free Negotiate, on Apache."""
+    from httpx_extensions import ExClient
+
+    async with ExClient() as client:
+        for auth in (KerberosAuth(), NegotiateAuth(allow_ntlm=False)):
+            response = await client.get(apache.urls["krb"], auth=auth)
+            assert response.status_code == 200, response.headers
+            assert response.extensions["auth_mechanism"] == "kerberos"
+        cb = await client.get(apache.urls["krb_cb"], auth=KerberosAuth())
+        assert cb.status_code == 200

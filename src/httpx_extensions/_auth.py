@@ -64,7 +64,6 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
         self._proxy = httpx.URL(proxy) if proxy is not None else None
         self.requires_request_body = buffer_body
         self._dns = LRU(1024)
-        self._conns = LRU()
         self._pool_aware: bool | None = None
 
     def __repr__(self) -> str:

@@ -112,6 +112,11 @@ class LRU:
                 self._data.popitem(last=False)
 
 
+# What each (connection, identity) was authenticated with, shared by all auth objects:
+# equal identities share connections, whichever auth object made them.
+_CONNS = LRU()
+
+
 class FlowMixin:
     """The per-request flow of :class:`~httpx_extensions._auth._SpnegoAuth` (see module doc)."""
 
@@ -121,7 +126,6 @@ class FlowMixin:
     _proxy: httpx.URL | None
     _channel_binding: bool
     _mutual: bool
-    _conns: LRU
     _pool_aware: bool | None
     max_legs: int
 
@@ -203,7 +207,9 @@ class FlowMixin:
                     in_token = _token(find_challenge(challenges, scheme), request)
                     moved = conn_id is not None and ext.get("conn_id") != conn_id
                     if response.status_code != status and in_token is None and proactive:
-                        self._note_reuse(response)  # the server never asked: nothing to verify
+                        self._note_reuse(
+                            response, identity
+                        )  # the server never asked: nothing to verify
                         return
                     if response.status_code != status:
                         yield from self._finish(ctx, in_token, response, request, identity)
@@ -233,14 +239,16 @@ class FlowMixin:
                     break
                 # Cases 2-4: a response to a request without credentials.
                 if response.status_code != status:
-                    self._note_reuse(response)
+                    self._note_reuse(response, identity)
                     return
                 choice = self._choose(challenges, request)
                 if choice is None:
                     return  # no challenge of ours: hand the 401 back to the caller
                 scheme, protocol = choice
                 conn_id = ext.get("conn_id")
-                if closing or (ext.get("conn_tagged") and not self._reauth_in_place(conn_id)):
+                if closing or (
+                    ext.get("conn_tagged") and not self._reauth_in_place(conn_id, identity)
+                ):
                     restarted = self._restart_or_raise(restarted, request, target)
                     _set_ext(request, conn_id=None, new_connection=True)
                     request.headers.pop(self._auth_header, None)
@@ -313,7 +321,7 @@ class FlowMixin:
             persistent = mechanism == "ntlm"
         conn_id = response.extensions.get("conn_id")
         if conn_id is not None:
-            self._conns.put(conn_id, _ConnInfo(mechanism, persistent))
+            _CONNS.put((conn_id, identity), _ConnInfo(mechanism, persistent))
         _set_response_ext(response, mechanism)
         fallback = self._kind == "negotiate" and mechanism == "ntlm" and KERBEROS_AVAILABLE
         log.debug(
@@ -322,14 +330,14 @@ class FlowMixin:
             " (Negotiate fell back to NTLM)" if fallback else "",
         )  # fmt: skip
 
-    def _note_reuse(self, response: httpx.Response) -> None:
-        info = self._conns.get(response.extensions.get("conn_id"))
+    def _note_reuse(self, response: httpx.Response, identity: AuthIdentity) -> None:
+        info = _CONNS.get((response.extensions.get("conn_id"), identity))
         if info is not None and response.extensions.get("conn_tagged"):
             _set_response_ext(response, info.mechanism)
 
-    def _reauth_in_place(self, conn_id: Any) -> bool:
+    def _reauth_in_place(self, conn_id: Any, identity: AuthIdentity) -> bool:
         """Whether a tagged connection that answered 401 may be re-authenticated in place."""
-        info = self._conns.get(conn_id)
+        info = _CONNS.get((conn_id, identity))
         return info is not None and not info.persistent
 
 
