@@ -10,6 +10,7 @@ to 127.0.0.1 and no cache. Proxy authentication:
    that user cannot import pyspnego from this interpreter's site-packages, squid falls
    back to ``ntlm_fake_auth`` (any password is accepted) and
    :attr:`Squid.ntlm_checks_password` is False.
+   (``setpriv`` runs one ``--check`` of the helper as ``proxy`` at start-up to tell.)
 
 The access log has the format of :mod:`tests.servers._accesslog`; the auth field says
 whether a request carried ``Proxy-Authorization`` (an ACL on the header sets a note, the
@@ -19,7 +20,7 @@ address origins by IP, e.g. the nginx fixture.
 
 from __future__ import annotations
 
-import stat
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,33 +74,31 @@ class Squid:
         self.process.stop()
 
 
-def _readable_by_others(path: Path) -> bool:
-    """Tell whether a user without privileges can traverse to and read ``path``."""
-    for part in (path, *path.parents):
-        mode = part.stat().st_mode
-        needed = stat.S_IXOTH if part.is_dir() else stat.S_IROTH
-        if part != path and not mode & stat.S_IXOTH:
-            return False
-        if part == path and not mode & needed:
-            return False
-    return True
-
-
 def _ntlm_helper(directory: Path, users: dict[str, str]) -> tuple[str, bool]:
-    """Return squid's NTLM ``program`` line, and whether it checks passwords."""
+    """Return squid's NTLM ``program`` line, and whether it checks passwords.
+
+    The pyspnego helper is used when the helper's user can import pyspnego (and
+    cryptography) from this interpreter's site-packages with the system python: one
+    ``--check`` run as that user tells.
+    """
+    fake = f"{HELPERS}/ntlm_fake_auth"
     try:
         import cryptography
         import spnego
     except ImportError:
-        return f"{HELPERS}/ntlm_fake_auth", False
-    paths = {Path(m.__file__ or "").resolve().parent.parent for m in (spnego, cryptography)}
-    helper = Path(__file__).resolve().with_name("_squid_ntlm_helper.py")
-    usable = Path(SYSTEM_PYTHON).exists() and all(_readable_by_others(p) for p in (*paths, helper))
-    if is_root() and not usable:
-        return f"{HELPERS}/ntlm_fake_auth", False
+        return fake, False
+    paths = sorted({str(Path(m.__file__ or "").parent.parent) for m in (spnego, cryptography)})
+    helper = str(Path(__file__).resolve().with_name("_squid_ntlm_helper.py"))
+    as_proxy = ["setpriv", "--reuid=proxy", "--regid=proxy", "--clear-groups", "--"]
+    check = [*(as_proxy if is_root() else []), SYSTEM_PYTHON, helper, "--check", *paths]
+    try:
+        usable = subprocess.run(check, capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return fake, False
+    if usable.returncode != 0:
+        return fake, False
     user_file = write_ntlm_user_file(directory / "ntlm_users", users, "proxy")
-    argv = [SYSTEM_PYTHON, str(helper), str(user_file), *map(str, sorted(paths))]
-    return " ".join(argv), True
+    return " ".join([SYSTEM_PYTHON, helper, str(user_file), *paths]), True
 
 
 def _config(directory: Path, port: int, keytab: Path, ntlm_program: str) -> str:
@@ -125,10 +124,10 @@ client_persistent_connections on
 server_persistent_connections on
 buffered_logs off
 auth_param negotiate program {HELPERS}/negotiate_kerberos_auth -k {keytab} -s GSS_C_NO_NAME
-auth_param negotiate children 4 startup=1 idle=1
+auth_param negotiate children 16 startup=1 idle=1
 auth_param negotiate keep_alive on
 auth_param ntlm program {ntlm_program}
-auth_param ntlm children 4 startup=1 idle=1
+auth_param ntlm children 16 startup=1 idle=1
 auth_param ntlm keep_alive on
 acl authenticated proxy_auth REQUIRED
 acl has_auth req_header Proxy-Authorization .

@@ -61,18 +61,29 @@ def serve(spnego: Any) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Entry point: ``argv`` is ``[USER_FILE, SYS_PATH...]``."""
+    """Entry point: ``argv`` is ``[USER_FILE, SYS_PATH...]``.
+
+    With ``USER_FILE`` ``--check`` it only tells (exit status 0) whether pyspnego and
+    cryptography's native backend import here, as the user it runs as.
+    """
     if not argv:
-        sys.stderr.write("usage: _squid_ntlm_helper.py USER_FILE [SYS_PATH...]\n")
+        sys.stderr.write("usage: _squid_ntlm_helper.py USER_FILE|--check [SYS_PATH...]\n")
         return 2
     os.environ["NTLM_USER_FILE"] = argv[0]
     sys.path[:0] = argv[1:]
     try:
         import spnego
-    except ImportError as exc:
-        sys.stderr.write(f"squid ntlm helper: cannot import pyspnego: {exc}\n")
+        from cryptography.hazmat.primitives import hashes, hmac
+
+        if argv[0] == "--check":  # the primitives NTLM needs, from the native backend
+            hmac.HMAC(b"key", hashes.MD5()).update(b"data")
+            return 0
+    except Exception as exc:  # noqa: BLE001 - any failure means: use another helper
+        sys.stderr.write(f"squid ntlm helper: pyspnego unusable: {exc!r}\n")
+        if argv[0] == "--check":
+            return 1
         for _ in sys.stdin:
-            _reply("BH pyspnego missing")
+            _reply("BH pyspnego unusable")
         return 1
     serve(spnego)
     return 0
