@@ -513,11 +513,6 @@ async def test_exclient_wrong_password_and_identities_do_not_mix() -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    reason="contract: ExClient's flow reservation pins a request that asks new_connection=True "
-    "to the reserved (already authenticated) connection; new_connection must win",
-    strict=True,
-)
 async def test_exclient_new_connection_after_lost_logon() -> None:
     """A server that forgets the logon: the re-handshake moves to a fresh connection."""
     from httpx_extensions import ExClient

@@ -185,9 +185,10 @@ class ExTransport(httpx.AsyncBaseTransport):
         ext = request.extensions
         timeouts = ext.get("timeout") or {}
         flow = current_flow.get()
-        pin = ext.get("conn_id")
+        new = bool(ext.get("new_connection"))
+        pin = None if new else ext.get("conn_id")
         explicit = pin is not None
-        if not explicit and flow is not None and flow.reserved is not None:
+        if not explicit and not new and flow is not None and flow.reserved is not None:
             if flow.reserved.origin == origin:
                 pin = flow.reserved.conn_id
         identity = ext.get("identity")
@@ -202,7 +203,7 @@ class ExTransport(httpx.AsyncBaseTransport):
         while True:
             try:
                 conn, tagged = await pool.acquire(
-                    origin, identity, pin, explicit, bool(ext.get("new_connection")), flow, timeouts
+                    origin, identity, pin, explicit, new, flow, timeouts
                 )
             except _MAPPED as exc:
                 raise _map_error(exc, request) from exc

@@ -1,0 +1,64 @@
+"""Fail loudly when the httpx internals ExClient relies on change shape.
+
+ExClient overrides ``AsyncClient._init_transport`` and ``AsyncClient._init_proxy_transport``
+(to build our pool where httpx builds its own) and imports ``USE_CLIENT_DEFAULT`` from
+``httpx._client``. These are private to httpx; we pin ``httpx>=0.28.1,<0.29``. If a test here
+fails after an httpx upgrade, re-read httpx's ``AsyncClient.__init__`` and adapt
+``src/httpx_extensions/_client.py`` before widening the pin.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import httpx
+import httpx._client
+
+from httpx_extensions import ExClient, ExTransport
+
+
+def test_httpx_version_is_pinned_range() -> None:
+    """The installed httpx is the minor version our overrides were written for."""
+    assert httpx.__version__.startswith("0.28."), httpx.__version__
+
+
+def test_init_transport_signature() -> None:
+    """httpx still builds its default transport through _init_transport(**these)."""
+    params = list(inspect.signature(httpx.AsyncClient._init_transport).parameters)
+    assert params == [
+        "self",
+        "verify",
+        "cert",
+        "trust_env",
+        "http1",
+        "http2",
+        "limits",
+        "transport",
+    ]
+
+
+def test_init_proxy_transport_signature() -> None:
+    """httpx still builds proxy transports through _init_proxy_transport(**these)."""
+    params = list(inspect.signature(httpx.AsyncClient._init_proxy_transport).parameters)
+    assert params == ["self", "proxy", "verify", "cert", "trust_env", "http1", "http2", "limits"]
+
+
+def test_init_calls_our_hooks() -> None:
+    """AsyncClient.__init__ really calls both hooks (else our pool would silently vanish)."""
+    source = inspect.getsource(httpx.AsyncClient.__init__)
+    assert "self._init_transport(" in source
+    assert "self._init_proxy_transport(" in source
+    client = ExClient(proxy="http://127.0.0.1:3128")
+    assert isinstance(client._transport, ExTransport)
+    assert all(isinstance(t, ExTransport) for t in client._mounts.values())
+
+
+def test_use_client_default_importable() -> None:
+    """The sentinel ExClient.send passes through is where we import it from."""
+    assert isinstance(httpx._client.USE_CLIENT_DEFAULT, httpx._client.UseClientDefault)
+
+
+def test_send_is_the_single_entry_point() -> None:
+    """Every request method of AsyncClient goes through send(), where ExClient opens flows."""
+    assert "self.send(" in inspect.getsource(httpx.AsyncClient.request)
+    assert "self.send(" in inspect.getsource(httpx.AsyncClient.stream)
