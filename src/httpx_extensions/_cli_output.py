@@ -56,7 +56,7 @@ def mask_url(url: str | httpx.URL) -> str:
     """``url`` with any password in its userinfo replaced by ``***``."""
     parsed = httpx.URL(url) if isinstance(url, str) else url
     if parsed.password:
-        return str(parsed.copy_with(password="***"))
+        return str(parsed.copy_with(username=parsed.username, password="***"))
     return str(parsed)
 
 
