@@ -2,15 +2,20 @@
 
 Theory of operation: every server runs in its own session (``start_new_session``), so
 stopping it means signalling the whole process group: the Apache parent and its
-workers, squid and its auth helpers, nginx's master and workers all go at once and
-nothing is left behind. Two nets catch what a finalizer misses: an ``atexit`` hook stops
-every server still running when the interpreter exits, and ``setpriv --pdeathsig TERM``
-makes the kernel signal a server when the process that started it dies, even by
-SIGKILL. The kernel forgets that request when a process changes its uid (squid becomes
-``proxy``), so such a server runs under a small root shell that keeps it and passes the
-signal on (``watchdog=True``). Each process writes stdout and stderr into a log file in its
-private directory; when it dies during start-up, the tail of that file is put in the
-exception. This module knows nothing about what the servers are.
+workers, nginx's master and workers go at once (squid's auth helpers, which squid puts
+in sessions of their own, exit when squid closes their stdin).
+
+Two nets catch what a finalizer misses:
+
+1. an ``atexit`` hook stops every server still running when the interpreter exits;
+2. ``setpriv --pdeathsig TERM`` makes the kernel signal a server when the process that
+   started it dies, even by SIGKILL. The kernel forgets that request when a process
+   changes its uid (squid becomes ``proxy``), so such a server runs under a small root
+   shell that keeps it and kills the group (``watchdog=True``).
+
+Each process writes stdout and stderr into a log file in its private directory; when it
+dies during start-up, the tail of that file is put in the exception. This module knows
+nothing about what the servers are.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ __all__ = [
 
 #: Path searched for the servers' binaries (sbin is often missing from a user's PATH).
 SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-#: Runs "$@" in the background; on SIGTERM signals the whole group, then exits.
+#: Runs "$@" in the background; on SIGTERM kills (SIGKILL) its whole process group.
 _WATCHDOG = 'trap "kill -KILL 0" TERM; "$@" & wait $!'
 #: Servers started and not stopped yet; stopped at interpreter exit.
 _RUNNING: set[ServerProcess] = set()
