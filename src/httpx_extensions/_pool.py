@@ -208,7 +208,8 @@ class Pool:
             max_keepalive_connections if max_keepalive_connections is not None else 2**62
         )
         self._expiry = keepalive_expiry
-        self._on_asyncio = on_asyncio
+        #: Whether waiters may use asyncio futures (else anyio events); set on first use.
+        self.on_asyncio = on_asyncio
         self._conns: dict[str, Connection] = {}
         self._connecting = 0
         self._idle: dict[Key, dict[str, Connection]] = {}
@@ -331,7 +332,7 @@ class Pool:
             self._connecting += 1
             return _SLOT
         # Case 4: wait, first come first served.
-        waiter = _Waiter(origin, identity, flow, self._on_asyncio)
+        waiter = _Waiter(origin, identity, flow, self.on_asyncio)
         _enqueue(self._global, waiter)
         if not new:
             if identity is not None:
@@ -378,7 +379,7 @@ class Pool:
             logger.debug("connection %s taken by pin", conn.conn_id)
             return conn
         # Busy with another leg (or reserved by another flow): wait for this connection.
-        waiter = _Waiter(origin, identity, flow, self._on_asyncio)
+        waiter = _Waiter(origin, identity, flow, self.on_asyncio)
         if conn.pinned_waiters is None:
             conn.pinned_waiters = collections.deque()
         conn.pinned_waiters.append(waiter)

@@ -125,7 +125,19 @@ class ExTransport(httpx.AsyncBaseTransport):
         self._local_address = local_address
         self._retries = retries
         self._socket_options = socket_options
-        self._pool: Pool | None = None
+        self._pool = Pool(
+            self._open,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+        )
+        if self._proxy is not None:
+            # Drop-in compatibility: code (httpx's own tests among it) reads the proxy URL
+            # of a transport as ``transport._pool._proxy_url``, as httpcore names it.
+            purl = self._proxy.url
+            self._pool._proxy_url = httpcore.URL(  # type: ignore[attr-defined]
+                scheme=purl.raw_scheme, host=purl.raw_host, port=purl.port, target=purl.raw_path
+            )
         self._backend: httpcore.AsyncNetworkBackend | None = None
         #: Requests this transport has carried (diagnostics and the upstream test run).
         self.requests_sent = 0
@@ -133,29 +145,19 @@ class ExTransport(httpx.AsyncBaseTransport):
     # -- public helpers used by ExClient -----------------------------------------------------
     def pool_state(self) -> PoolState:
         """Counts of connections by state and of queued requests."""
-        if self._pool is None:
-            return PoolState(0, 0, 0, 0, 0, self._limits.max_connections or 0)
         return self._pool.state()
 
     def release(self, conn_id: str) -> bool:
         """End any reservation of ``conn_id``; False if this transport has no such connection."""
-        return self._pool is not None and self._pool.release(conn_id)
+        return self._pool.release(conn_id)
 
     def __repr__(self) -> str:
         return f"<ExTransport {self._pool!r}>"
 
     # -- httpx.AsyncBaseTransport --------------------------------------------------------------
     def _get_pool(self) -> Pool:
-        if self._pool is None:
-            self._backend, on_asyncio = backend_for_current_loop()
-            limits = self._limits
-            self._pool = Pool(
-                self._open,
-                max_connections=limits.max_connections,
-                max_keepalive_connections=limits.max_keepalive_connections,
-                keepalive_expiry=limits.keepalive_expiry,
-                on_asyncio=on_asyncio,
-            )
+        if self._backend is None:  # bind to the event loop of the first request
+            self._backend, self._pool.on_asyncio = backend_for_current_loop()
         return self._pool
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -243,8 +245,7 @@ class ExTransport(httpx.AsyncBaseTransport):
         )
 
     async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.aclose()
+        await self._pool.aclose()
 
     # -- connections ---------------------------------------------------------------------------
     def _proxy_headers(self) -> list[tuple[bytes, bytes]]:
@@ -293,7 +294,6 @@ class ExTransport(httpx.AsyncBaseTransport):
         conn = Connection(conn_id, origin, stream)
         if isinstance(stream, AsyncioStream):
             pool = self._pool
-            assert pool is not None
             stream.on_lost = lambda: pool.on_lost(conn)
         return conn
 
