@@ -33,8 +33,8 @@ def _nginx_or_skip() -> None:
     if _find_nginx() is not None:
         return
     if os.environ.get("CI", "").lower() == "true":
-        pytest.fail("nginx is not installed, and CI=true requires the benchmark smoke test")
-    pytest.skip("nginx is not installed (apt-get install nginx-light); benchmark smoke skipped")
+        pytest.fail("nginx not found ($NGINX, PATH, /usr/sbin); CI=true requires this test")
+    pytest.skip("nginx not found ($NGINX, PATH, /usr/sbin): apt-get install nginx-light")
 
 
 @pytest.mark.timeout(300)
