@@ -1,0 +1,51 @@
+"""``fetch`` of 5,000 URLs from a real Apache (mod_auth_gssapi, gss-ntlmssp): issue Show 2."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from httpx_extensions._cli import cli
+from tests.servers._apache import Apache
+
+from .conftest import read_results, write_urls
+
+COUNT = 5000
+
+
+def _row(stdout: str, label: str) -> int:
+    match = re.search(rf"{label}\D+(\d+)", stdout)
+    assert match, stdout
+    return int(match.group(1))
+
+
+@pytest.mark.realserver
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("location", ["ntlm_cb", "krb_cb"])
+def test_fetch_5000_from_apache(apache: Apache, location: str, tmp_path: Path) -> None:
+    """5,000 URLs, no failure, one handshake per connection, as Apache's log confirms."""
+    base = apache.urls[location]
+    source = write_urls(tmp_path / "urls.txt", (f"{base}?i={i}" for i in range(COUNT)))
+    out = tmp_path / "results.jsonl"
+    if location == "ntlm_cb":
+        user = f"{apache.ntlm_domain}\\alice:{apache.users['alice']}"
+        auth = ["--ntlm", "-u", user]
+    else:
+        auth = ["--kerberos"]  # alice's ticket cache, from the kdc fixture's environment
+    mark = apache.access_log.mark()
+    result = CliRunner().invoke(
+        cli,
+        ["fetch", str(source), *auth, "--concurrency", "10", "--out", str(out), "--no-progress"],
+    )
+    assert result.exit_code == 0, result.output
+    records = read_results(out)
+    assert len(records) == COUNT and all(r["status"] == 200 for r in records)
+    connections = _row(result.stdout, "connections opened")
+    assert 1 <= connections <= 10
+    assert _row(result.stdout, "handshakes") == connections
+    path = base.split(str(apache.port), 1)[1]
+    entries = apache.access_log.wait(COUNT, mark, path, timeout=10)
+    assert len({e.client_port for e in entries}) == connections
