@@ -50,6 +50,8 @@ class AsyncioStream(asyncio.Protocol, httpcore.AsyncNetworkStream):
         self._eof = False
         self._lost: BaseException | None = None
         self._closed = False
+        self._gone = False  # connection_lost has run: the socket is really closed
+        self._gone_waiter: asyncio.Future[None] | None = None
         #: Called once, from the event loop, when the peer closes or the connection breaks.
         self.on_lost: typing.Callable[[], None] | None = None
 
@@ -71,6 +73,9 @@ class AsyncioStream(asyncio.Protocol, httpcore.AsyncNetworkStream):
         return False  # let the transport close itself
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._gone = True
+        if self._gone_waiter is not None and not self._gone_waiter.done():
+            self._gone_waiter.set_result(None)
         self._eof = True
         self._lost = exc
         self._closed = True
@@ -148,7 +153,13 @@ class AsyncioStream(asyncio.Protocol, httpcore.AsyncNetworkStream):
                 handle.cancel()
 
     async def aclose(self) -> None:
+        """Close, and wait (at most a second) until the socket is really closed."""
         self.close_nowait()
+        if self._gone or self._transport is None:
+            return
+        if self._gone_waiter is None:
+            self._gone_waiter = self._loop.create_future()
+        await asyncio.wait([self._gone_waiter], timeout=1.0)
 
     def close_nowait(self) -> None:
         """Close at once; never blocks, safe to call twice."""

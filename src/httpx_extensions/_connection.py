@@ -214,19 +214,18 @@ class Connection:
         self._h11 = _CLOSED
         stream = self.stream
         if isinstance(stream, AsyncioStream):
-            self._closed = True
             stream.close_nowait()
 
     async def aclose(self) -> None:
         """Close the socket (bounded, never cancelled half-way); a second call is a no-op."""
         self._h11 = _CLOSED
+        stream = self.stream
+        if isinstance(stream, AsyncioStream):
+            await stream.aclose()  # cheap and idempotent
+            return
         if self._closed:
             return
         self._closed = True
-        stream = self.stream
-        if isinstance(stream, AsyncioStream):
-            stream.close_nowait()
-            return
 
         with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
             try:
