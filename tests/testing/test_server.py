@@ -6,8 +6,10 @@ import base64
 import glob
 import http.client
 import json
+import logging
 import os
 import socket
+import struct
 import tempfile
 import threading
 import time
@@ -16,8 +18,11 @@ from typing import Any
 
 import pytest
 import spnego
+from spnego._ntlm_raw.crypto import lmowfv1, ntowfv1
 
 from httpx_extensions.testing import DEMO_USERS, AuthServer, pytest_plugin
+from httpx_extensions.testing._acceptor import UserFile
+from httpx_extensions.testing._handler import Config
 
 auth_server = pytest_plugin.auth_server
 
@@ -72,7 +77,10 @@ def server_token(response: http.client.HTTPResponse, scheme: str) -> bytes:
 
 
 def client(user: str = "alice", password: str = PASSWORD, protocol: str = "ntlm") -> Any:
-    return spnego.client(user, password, hostname="127.0.0.1", service="HTTP", protocol=protocol)
+    # An NTLM-only credential: with a password, pyspnego's Negotiate would first try a
+    # Kerberos kinit where gssapi is installed, which can stall on DNS for seconds.
+    credential = spnego.NTLMHash(user, lmowfv1(password).hex(), ntowfv1(password).hex())
+    return spnego.client(credential, hostname="127.0.0.1", service="HTTP", protocol=protocol)
 
 
 def handshake(
@@ -306,15 +314,20 @@ def test_url_and_lifecycle_errors() -> None:
         _ = server.url
     with server:
         assert server.url.startswith("http://127.0.0.1:")
+        assert "connections=0" in repr(server)
         with pytest.raises(RuntimeError):
             server.start()
-    for kwargs in [
+    assert "stopped" in repr(server)
+    with server:  # a stopped server starts again
+        assert send(connect(server), path="/anon")[0].status == 200
+    bad: list[dict[str, Any]] = [
         {"scheme": "basic"},
         {"schemes": ()},
         {"users": {"a:b": "pw"}},
         {"users": {"alice": "pw\n"}},
         {"domain": "EX\\AMPLE"},
-    ]:
+    ]
+    for kwargs in bad:
         with pytest.raises(ValueError):
             AuthServer(**kwargs)
 
@@ -337,3 +350,112 @@ def test_pytest_plugin_fixture(auth_server: AuthServer) -> None:
     assert auth_server.users == DEMO_USERS
     assert auth_server.domain == "EXAMPLE"
     assert handshake(connect(auth_server))[0].status == 200
+
+
+def raw(server: AuthServer, data: bytes) -> bytes:
+    """Send raw bytes on a new connection, end our side, and read the answer to EOF."""
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        return sock.makefile("rb").read()
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /anon HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        b"POST /anon HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /anon HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+        b"POST /anon HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nab",
+    ],
+)
+def test_malformed_bodies_get_400(server: AuthServer, request_bytes: bytes) -> None:
+    """A negative length, a bad chunk size or a body cut short gets 400 and a closed connection."""
+    answer = raw(server, request_bytes)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert server.requests == 1
+
+
+def test_chunked_trailers_and_expect_continue(server: AuthServer) -> None:
+    """Chunk trailers are skipped, and Expect: 100-continue is answered before the body."""
+    answer = raw(
+        server,
+        b"POST /anon HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3;ext=1\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n",
+    )
+    assert b'"body_length": 3' in answer
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"PUT /anon HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n")
+        sock.sendall(b"Expect: 100-continue\r\n\r\n")
+        assert sock.recv(1024).startswith(b"HTTP/1.1 100 ")
+        sock.sendall(b"ok")
+        assert b'"body_length": 2' in sock.recv(65536)
+
+
+def test_head_has_headers_only(server: AuthServer) -> None:
+    """HEAD is answered with Content-Length and no body, keeping the connection usable."""
+    conn = connect(server)
+    response, body = send(conn, method="HEAD", path="/anon")
+    assert (response.status, body) == (200, b"")
+    assert int(response.headers["Content-Length"]) > 0
+    assert send(conn, path="/anon")[0].status == 200
+
+
+def test_empty_domain() -> None:
+    """With domain="" users are shown without a domain and authenticate by bare name."""
+    with AuthServer({"dave": "pw"}, domain="") as plain:
+        response, body, _ = handshake(connect(plain), user="dave", password="pw")
+        assert (response.status, json.loads(body)["user"]) == (200, "dave")
+
+
+def test_user_file_env_is_restored(monkeypatch: pytest.MonkeyPatch, server: AuthServer) -> None:
+    """A caller's own NTLM_USER_FILE is back in place after every handshake step."""
+    monkeypatch.setenv("NTLM_USER_FILE", "/elsewhere")
+    assert handshake(connect(server))[0].status == 200
+    assert os.environ["NTLM_USER_FILE"] == "/elsewhere"
+
+
+def test_ipv6_loopback() -> None:
+    """host="::1" binds IPv6 and gives a bracketed URL."""
+    with AuthServer(host="::1") as v6:
+        assert v6.url.startswith("http://[::1]:")
+        port = int(v6.url.rsplit(":", 1)[1])
+        conn = http.client.HTTPConnection("::1", port, timeout=10)
+        _open.append(conn)
+        assert send(conn, path="/anon")[0].status == 200
+
+
+def test_logs_name_users_but_never_tokens(
+    caplog: pytest.LogCaptureFixture, server: AuthServer
+) -> None:
+    """Debug logs say who authenticated and that a client hung up, never a token or password."""
+    caplog.set_level(logging.DEBUG, logger="httpx_extensions.testing")
+    conn = connect(server)
+    response, _, _ = handshake(conn)
+    handshake(connect(server), password="wrong")
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()  # reset: the server's read fails
+    server.stop()
+    ours = [r for r in caplog.records if r.name == "httpx_extensions.testing"]
+    text = "\n".join(r.getMessage() for r in ours)
+    assert "authenticated as EXAMPLE\\alice (ntlm)" in text
+    assert "authentication failed" in text
+    assert "ended with an error" in text
+    assert PASSWORD not in text and "TlRMTVNT" not in text and "NTLM " not in text
+
+
+def test_principals_resolve_to_users() -> None:
+    """NTLM principals map to the configured spelling; Kerberos principals pass unchanged."""
+    user_file = UserFile({"Alice": "pw"}, "EXAMPLE")
+    try:
+        config = Config(
+            "negotiate", ("Negotiate",), True, False, "EXAMPLE", {"Alice": "pw"}, user_file
+        )
+        assert config.resolve("example\\ALICE", "ntlm") == ("Alice", "EXAMPLE\\Alice", "ntlm")
+        assert config.resolve("mallory", "ntlm") is None
+        assert config.resolve("alice@REALM", "kerberos") == ("alice@REALM",) * 2 + ("kerberos",)
+        assert config.resolve("", "kerberos") is None
+    finally:
+        user_file.close()

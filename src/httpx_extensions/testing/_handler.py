@@ -151,11 +151,11 @@ class ConnectionHandler(BaseHTTPRequestHandler):
 
     def _answer(self) -> None:
         self._index += 1
+        header = self.headers.get("Authorization")
+        self._stats.request(handshake=header is not None)
         body_length = self._read_body()
         if body_length is None:
             return
-        header = self.headers.get("Authorization")
-        self._stats.request(handshake=header is not None)
         if header is not None:
             identity, www = self._leg(header)
             if identity is None:  # cases 1 and 2

@@ -45,7 +45,6 @@ class _ThreadedServer(socketserver.TCPServer):
         self._stats = stats
         self._live: dict[socket.socket, threading.Thread] = {}
         self._live_lock = threading.Lock()
-        self._closing = False
         super().__init__(address, socketserver.BaseRequestHandler)  # see finish_request
 
     def finish_request(self, request: Any, client_address: Any) -> None:
@@ -59,9 +58,6 @@ class _ThreadedServer(socketserver.TCPServer):
             name=f"AuthServer-conn-{client_address[1]}",
         )
         with self._live_lock:
-            if self._closing:
-                self.shutdown_request(request)
-                return
             self._live[request] = thread
         self._stats.connection()
         thread.start()
@@ -81,9 +77,8 @@ class _ThreadedServer(socketserver.TCPServer):
         log.debug("connection from %s ended with an error", client_address, exc_info=True)
 
     def close_connections(self) -> None:
-        """Refuse new connections, shut down the live ones and join their threads."""
+        """Shut down the live connections and join their threads; call after ``shutdown()``."""
         with self._live_lock:
-            self._closing = True
             threads = list(self._live.values())
             for sock in self._live:
                 try:
@@ -188,13 +183,16 @@ class AuthServer:
     def start(self) -> None:
         """Bind and start serving in a background thread.
 
+        A stopped server may be started again (with ``port=0``, on another port); the
+        counters carry on.
+
         Raises:
-            RuntimeError: already started (a stopped server cannot restart): create a new one.
+            RuntimeError: the server is already running: call :meth:`stop` first.
             OSError: the address cannot be bound (port taken): pick another ``port`` or 0.
         """
-        if self._user_file is not None:
-            raise RuntimeError("AuthServer already started; create a new AuthServer")
-        self._user_file = UserFile(self._users, self._domain)
+        if self._server is not None:
+            raise RuntimeError("AuthServer is already running; call stop() first")
+        user_file = UserFile(self._users, self._domain)
         config = Config(
             protocol=self._scheme,
             schemes=self._schemes,
@@ -202,13 +200,14 @@ class AuthServer:
             persistent_auth_header=self._persistent_auth_header,
             domain=self._domain,
             users=self._users,
-            user_file=self._user_file,
+            user_file=user_file,
         )
         try:
             self._server = _ThreadedServer(self._address, config, self._stats)
         except BaseException:
-            self._user_file.close()
+            user_file.close()
             raise
+        self._user_file = user_file
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -219,16 +218,15 @@ class AuthServer:
 
     def stop(self) -> None:
         """Stop accepting, close every open connection, join every thread; idempotent."""
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
+        server, thread, user_file = self._server, self._thread, self._user_file
+        if server is None or thread is None or user_file is None:
             return
         server.shutdown()
         server.server_close()
         server.close_connections()
         thread.join(_JOIN_TIMEOUT)
-        if self._user_file is not None:
-            self._user_file.close()
-        self._server = self._thread = None
+        user_file.close()
+        self._server = self._thread = self._user_file = None
 
     def __enter__(self) -> AuthServer:
         self.start()
