@@ -19,33 +19,37 @@ def test_serve_until_ctrl_c(tmp_path: Path, cli_env: dict[str, str]) -> None:
     """serve prints its URL and users (no password from --users), serves, stops on SIGINT."""
     users = tmp_path / "users.txt"
     users.write_text("# name:password\ncarol:Carol-Secr3t\n")
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         cli_command("serve", "--users", str(users), "--scheme", "ntlm", "--domain", "CORP"),
         env=cli_env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,  # one pipe: communicate() then reads past readline's buffer
+        stderr=subprocess.STDOUT,
         text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
-        match = re.search(r"http://127\.0\.0\.1:\d+", first)
-        assert match, first
-        result = CliRunner().invoke(
-            cli, ["get", "--ntlm", "-u", "CORP\\carol:Carol-Secr3t", f"{match.group(0)}/x"]
-        )
-        assert result.exit_code == 0, result.output
-        assert json.loads(result.stdout)["user"] == "CORP\\carol"
-        proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    ) as proc:
+        try:
+            first, rest = _talk_to(proc)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
     assert proc.returncode == 0
     output = first + rest
     assert "carol" in output and "Carol-Secr3t" not in output
     assert "stopped" in output
+
+
+def _talk_to(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    match = re.search(r"http://127\.0\.0\.1:\d+", first)
+    assert match, first
+    result = CliRunner().invoke(
+        cli, ["get", "--ntlm", "-u", "CORP\\carol:Carol-Secr3t", f"{match.group(0)}/x"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["user"] == "CORP\\carol"
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=10)
+    return first, proc.stdout.read()  # not communicate(): it would skip readline's buffer
 
 
 def test_python_m_help(cli_env: dict[str, str]) -> None:
