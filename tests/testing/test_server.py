@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import glob
 import http.client
 import json
@@ -13,94 +12,17 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import spnego
-from spnego._ntlm_raw.crypto import lmowfv1, ntowfv1
 
 from httpx_extensions.testing import DEMO_USERS, AuthServer, pytest_plugin
 from httpx_extensions.testing._acceptor import UserFile
 from httpx_extensions.testing._handler import Config
 
+from ._client import PASSWORD, client, connect, handshake, header, port_of, raw, send, server_token
+
 auth_server = pytest_plugin.auth_server
-
-PASSWORD = DEMO_USERS["alice"]
-_open: list[http.client.HTTPConnection] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_connections() -> Iterator[None]:
-    yield
-    while _open:
-        _open.pop().close()
-
-
-@pytest.fixture
-def server() -> Iterator[AuthServer]:
-    with AuthServer() as running:
-        yield running
-
-
-def connect(server: AuthServer) -> http.client.HTTPConnection:
-    host, port = server.url.removeprefix("http://").rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    _open.append(conn)
-    return conn
-
-
-def send(
-    conn: http.client.HTTPConnection,
-    authorization: str | None = None,
-    path: str = "/",
-    method: str = "GET",
-    body: Any = None,
-    headers: dict[str, str] | None = None,
-) -> tuple[http.client.HTTPResponse, bytes]:
-    headers = dict(headers or {})
-    if authorization is not None:
-        headers["Authorization"] = authorization
-    conn.request(method, path, body=body, headers=headers)
-    response = conn.getresponse()
-    return response, response.read()
-
-
-def header(scheme: str, token: bytes) -> str:
-    return f"{scheme} {base64.b64encode(token).decode()}"
-
-
-def server_token(response: http.client.HTTPResponse, scheme: str) -> bytes:
-    values = [v for v in response.headers.get_all("WWW-Authenticate") or [] if " " in v]
-    assert len(values) == 1 and values[0].startswith(scheme + " ")
-    return base64.b64decode(values[0].split(" ", 1)[1])
-
-
-def client(user: str = "alice", password: str = PASSWORD, protocol: str = "ntlm") -> Any:
-    # An NTLM-only credential: with a password, pyspnego's Negotiate would first try a
-    # Kerberos kinit where gssapi is installed, which can stall on DNS for seconds.
-    credential = spnego.NTLMHash(user, lmowfv1(password).hex(), ntowfv1(password).hex())
-    return spnego.client(credential, hostname="127.0.0.1", service="HTTP", protocol=protocol)
-
-
-def handshake(
-    conn: http.client.HTTPConnection,
-    user: str = "alice",
-    password: str = PASSWORD,
-    scheme: str = "NTLM",
-    protocol: str = "ntlm",
-    path: str = "/",
-) -> tuple[http.client.HTTPResponse, bytes, Any]:
-    """Run every leg on ``conn``; return the last response, its body and the client context."""
-    ctx = client(user, password, protocol)
-    response, body = send(conn, header(scheme, ctx.step()), path)
-    while response.status == 401 and not ctx.complete:
-        try:
-            token = server_token(response, scheme)
-        except AssertionError:
-            break  # bare challenges: the server rejected the handshake
-        response, body = send(conn, header(scheme, ctx.step(token)), path)
-    return response, body, ctx
 
 
 def test_ntlm_handshake_on_one_connection_serves_the_user(server: AuthServer) -> None:
@@ -352,15 +274,6 @@ def test_pytest_plugin_fixture(auth_server: AuthServer) -> None:
     assert handshake(connect(auth_server))[0].status == 200
 
 
-def raw(server: AuthServer, data: bytes) -> bytes:
-    """Send raw bytes on a new connection, end our side, and read the answer to EOF."""
-    port = int(server.url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        return sock.makefile("rb").read()
-
-
 @pytest.mark.parametrize(
     "request_bytes",
     [
@@ -385,8 +298,7 @@ def test_chunked_trailers_and_expect_continue(server: AuthServer) -> None:
         b"3;ext=1\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n",
     )
     assert b'"body_length": 3' in answer
-    port = int(server.url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", port_of(server)), timeout=10) as sock:
         sock.sendall(b"PUT /anon HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n")
         sock.sendall(b"Expect: 100-continue\r\n\r\n")
         assert sock.recv(1024).startswith(b"HTTP/1.1 100 ")
@@ -421,10 +333,7 @@ def test_ipv6_loopback() -> None:
     """host="::1" binds IPv6 and gives a bracketed URL."""
     with AuthServer(host="::1") as v6:
         assert v6.url.startswith("http://[::1]:")
-        port = int(v6.url.rsplit(":", 1)[1])
-        conn = http.client.HTTPConnection("::1", port, timeout=10)
-        _open.append(conn)
-        assert send(conn, path="/anon")[0].status == 200
+        assert send(connect(v6, host="::1"), path="/anon")[0].status == 200
 
 
 def test_logs_name_users_but_never_tokens(
