@@ -168,7 +168,10 @@ def get(url: str, output: str | None, verbose: bool, **kwargs: Any) -> None:
     if verbose:
         hooks = {"request": [on_request], "response": [on_response]}
     client = make_client(kwargs, connections=1, hooks=hooks)
-    code = anyio.run(_get, client, url, kwargs, output, err)
+    try:
+        code = anyio.run(_get, client, url, kwargs, output, err)
+    except KeyboardInterrupt:
+        code = 130
     sys.exit(code)
 
 
