@@ -109,3 +109,17 @@ def test_roundtrip(challenges: list[Challenge], joined: bool) -> None:
     rendered = [_render(c) for c in challenges]
     values = [", ".join(rendered)] if joined else rendered
     assert parse_challenges(values) == challenges
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("NTLM !!!notbase64", [Challenge("ntlm", malformed=True)]),
+        ("Negotiate a b, NTLM", [Challenge("negotiate", malformed=True), Challenge("ntlm")]),
+        ("NTLM ", [Challenge("ntlm")]),
+        ("Basic realm=x", [Challenge("basic", params=(("realm", "x"),))]),
+    ],
+)
+def test_unreadable_token_is_marked_malformed(value: str, expected: list[Challenge]) -> None:
+    """Text after the scheme that is neither token68 nor auth-params marks the challenge."""
+    assert parse_challenges([value]) == expected

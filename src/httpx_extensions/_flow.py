@@ -360,10 +360,12 @@ def _set_response_ext(response: httpx.Response, mechanism: str) -> None:
 
 
 def _token(challenge: Challenge | None, request: httpx.Request) -> bytes | None:
-    if challenge is None or not challenge.token:
+    if challenge is None or not (challenge.token or challenge.malformed):
         return None
     try:
-        return base64.b64decode(challenge.token, validate=True)
+        if challenge.malformed:
+            raise ValueError("not a token68")
+        return base64.b64decode(challenge.token or "", validate=True)
     except (binascii.Error, ValueError):
         raise HandshakeError(
             f"the server sent a malformed {challenge.scheme} token (not base64)", request=request

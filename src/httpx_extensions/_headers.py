@@ -33,11 +33,14 @@ class Challenge:
     """One challenge: ``scheme`` lower-cased, then either a ``token`` (token68) or ``params``.
 
     ``params`` holds ``(name, value)`` pairs with lower-cased names, in header order.
+    ``malformed`` is true when text followed the scheme that is neither a token68 nor an
+    auth-param (``NTLM !!!notbase64``): a token was sent, but it cannot be read.
     """
 
     scheme: str
     token: str | None = None
     params: tuple[tuple[str, str], ...] = field(default=())
+    malformed: bool = False
 
     def param(self, name: str) -> str | None:
         """Return the value of parameter ``name`` (case-insensitive), or ``None``."""
@@ -103,6 +106,7 @@ class _Parser:
         # Case 2: a token68 followed by OWS and then end or comma.
         # Case 3: a list of auth-params.
         # Case 4: anything else glued to the scheme (``x=y``) is garbage: skip it.
+        # Case 5: after a space, neither a token68 nor ``name=``: a malformed token.
         if self._at_end_or_comma():
             return Challenge(scheme)
         if not self._match(_SP):
@@ -117,7 +121,19 @@ class _Parser:
             if self._at_end_or_comma():
                 return Challenge(scheme, token=token)
         self.pos = start
+        if not self._param_follows():
+            self._skip_to_comma()
+            return Challenge(scheme, malformed=True)
         return Challenge(scheme, params=tuple(self._params()))
+
+    def _param_follows(self) -> bool:
+        """Whether ``name =`` starts at the cursor (the cursor does not move)."""
+        save = self.pos
+        name = self._match(_TOKEN)
+        self._match(_OWS)
+        is_param = name is not None and self._peek() == "="
+        self.pos = save
+        return is_param
 
     def _params(self) -> list[tuple[str, str]]:
         params: list[tuple[str, str]] = []
