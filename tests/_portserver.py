@@ -5,6 +5,7 @@ Paths:
   ``/leg``           like ``/``; a test auth flow uses it
   ``/redirect?to=U`` 302 to U
   ``/close``         200 with ``Connection: close``
+  ``/drop``          200 that claims keep-alive, then the server closes the connection
   ``/slow?s=SECS``   sleeps, then 200
   ``/big?n=BYTES``   200 with an n-byte body
 """
@@ -62,7 +63,7 @@ class _Handler(socketserver.StreamRequestHandler):
             ).encode()
             if url.path == "/redirect":
                 status, extra = 302, [("Location", query["to"])]
-            elif url.path == "/close":
+            elif url.path in ("/close", "/drop"):
                 close = True
             elif url.path == "/slow":
                 time.sleep(float(query.get("s", "1")))
@@ -71,7 +72,7 @@ class _Handler(socketserver.StreamRequestHandler):
             head = [f"HTTP/1.1 {status} {'OK' if status == 200 else 'Found'}"]
             head += [f"{k}: {v}" for k, v in extra]
             head += [f"Content-Length: {len(body)}", "Content-Type: application/json"]
-            if close:
+            if close and url.path == "/close":
                 head.append("Connection: close")
             payload = ("\r\n".join(head) + "\r\n\r\n").encode() + (
                 b"" if method == "HEAD" else body

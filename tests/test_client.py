@@ -120,3 +120,26 @@ def test_public_api_is_all() -> None:
         assert hasattr(httpx_extensions, name)
     public_modules = [n for n in dir(httpx_extensions) if not n.startswith("_")]
     assert set(public_modules) - set(httpx_extensions.__all__) <= {"testing"}
+
+
+async def test_stale_keepalive_connection_is_retried(port_server: PortServer) -> None:
+    """A GET on a keep-alive connection the server silently dropped is sent again, once."""
+    async with ExClient() as client:
+        for _ in range(20):
+            first = await client.get(port_server.url + "/drop")
+            second = await client.get(port_server.url + "/")
+            assert second.status_code == 200
+            assert second.extensions["conn_id"] != first.extensions["conn_id"]
+        assert client.pool_state().active == 0
+
+
+async def test_post_on_dropped_connection_is_not_replayed(port_server: PortServer) -> None:
+    """A POST is never sent twice: a dropped connection fails it or it goes on a fresh one."""
+    async with ExClient() as client:
+        for _ in range(20):
+            await client.get(port_server.url + "/drop")
+            try:
+                r = await client.post(port_server.url + "/", content=b"x")
+            except httpx.TransportError:
+                continue
+            assert r.status_code == 200

@@ -55,6 +55,7 @@ class Connection:
         "on_response_done",
         "_pending",
         "_closed",
+        "received_response_bytes",
     )
 
     def __init__(self, conn_id: str, origin: Origin, stream: httpcore.AsyncNetworkStream) -> None:
@@ -73,6 +74,8 @@ class Connection:
         self.on_response_done: typing.Callable[[Connection, bool], None] | None = None
         self._pending: list[h11.Event] = []
         self._closed = False
+        #: Whether any byte of the current response has arrived (a stale-connection check).
+        self.received_response_bytes = False
 
     def __repr__(self) -> str:
         return f"<Connection {self.conn_id} {self.origin[1].decode('ascii', 'replace')}>"
@@ -98,6 +101,7 @@ class Connection:
             timeouts: the connection is then unusable; the caller must close it.
         """
         self.requests += 1
+        self.received_response_bytes = False
         conn = self._h11
         write_timeout = timeouts.get("write")
         data = conn.send(h11.Request(method=method, target=target, headers=headers))
@@ -133,7 +137,9 @@ class Connection:
             if event is not h11.NEED_DATA:
                 return typing.cast(h11.Event, event)
             data = await self.stream.read(_READ_SIZE, read_timeout)
-            if not data and conn.their_state is h11.SEND_RESPONSE:
+            if data:
+                self.received_response_bytes = True
+            elif conn.their_state is h11.SEND_RESPONSE:
                 raise httpcore.RemoteProtocolError(
                     "Server disconnected without sending a response."
                 )

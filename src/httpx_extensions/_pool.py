@@ -274,10 +274,10 @@ class Pool:
         """
         if self._to_close:
             await self._drain_close()
-        if self._closed:
-            raise RuntimeError("the connection pool is closed; create a new client")
         pool_timeout = timeouts.get("pool")
         while True:
+            if self._closed:
+                raise RuntimeError("the connection pool was closed; create a new client")
             result: _Result | _Waiter = self._acquire_nowait(
                 origin, identity, pin, explicit, new, flow
             )
@@ -356,9 +356,11 @@ class Pool:
             why = "it belongs to another origin"
         elif conn.tag is not None and conn.tag != identity:
             why = "it is bound to another identity"
-        elif conn.state in (IDLE, RESERVED) and not self._usable(conn):
-            self._remove(conn, "expired or closed by the server")
-            why = "it expired or was closed by the server"
+        elif conn.state in (IDLE, RESERVED) and not conn.is_alive():
+            # Liveness only: a pinned connection is not ours to expire early (a slow
+            # handshake leg may hold it past keepalive_expiry); the server decides.
+            self._remove(conn, "closed by the server")
+            why = "it was closed by the server"
         if why is not None:
             if explicit:
                 logger.warning(

@@ -201,6 +201,7 @@ class ExTransport(httpx.AsyncBaseTransport):
         ):
             body = typing.cast(typing.AsyncIterable[bytes], request.stream)
 
+        method = request.method.encode()
         retry = not explicit
         while True:
             try:
@@ -214,13 +215,13 @@ class ExTransport(httpx.AsyncBaseTransport):
             reused = conn.requests > 0
             try:
                 try:
-                    head = await conn.send(request.method.encode(), target, headers, body, timeouts)
+                    head = await conn.send(method, target, headers, body, timeouts)
                 except _MAPPED as exc:
                     raise _map_error(exc, request) from exc
             except BaseException as exc:
                 conn.done(False)
                 await conn.aclose()
-                if retry and reused and _is_stale(exc) and _replayable(request, body):
+                if retry and reused and _is_stale(exc, conn, method) and _replayable(request, body):
                     # An idle keep-alive connection the server closed as we reused it:
                     # nothing was processed, so send once more on another connection.
                     logger.debug("connection %s was stale; retrying once", conn.conn_id)
@@ -330,13 +331,19 @@ def _absolute_target(url: httpx.URL) -> bytes:
     return url.raw_scheme + b"://" + url.netloc + url.raw_path
 
 
-def _is_stale(exc: BaseException) -> bool:
-    cause = exc.__cause__
-    return isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)) and (
-        not isinstance(exc, httpx.RemoteProtocolError)
-        or "without sending a response" in str(exc)
-        or isinstance(cause, httpcore.RemoteProtocolError)
-        and "without sending a response" in str(cause)
+_IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"])
+
+
+def _is_stale(exc: BaseException, conn: Connection, method: bytes) -> bool:
+    """A reused connection failed before a single byte of the response arrived.
+
+    That is the signature of a keep-alive connection the server closed as we reused it
+    (the request was not processed); only idempotent requests are sent again.
+    """
+    return (
+        isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError))
+        and not conn.received_response_bytes
+        and method in _IDEMPOTENT
     )
 
 
