@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import logging
 import pathlib
 import time
 import typing
@@ -21,11 +22,13 @@ from httpx_extensions._exceptions import (
     HandshakeError,
     MutualAuthenticationError,
     NoCredentialsError,
+    SPNNotFoundError,
 )
 from httpx_extensions._spnego import (
     Credential,
     SecurityContext,
     Target,
+    _translate,
     canonicalize,
     parse_spn,
     peer_certificate,
@@ -265,3 +268,39 @@ def test_bad_server_token_is_typed() -> None:
     ctx.step(None)
     with pytest.raises(MutualAuthenticationError):
         ctx.step(b"garbage", final=True)
+
+
+@pytest.mark.usefixtures("user_file")
+@pytest.mark.parametrize("protocol", ["ntlm", "negotiate"])
+def test_pyspnego_debug_log_shows_no_token(protocol: str, caplog: pytest.LogCaptureFixture) -> None:
+    """pyspnego's "step input/output" DEBUG records keep only each token's length."""
+    import base64
+
+    caplog.set_level(logging.DEBUG)
+    ctx = SecurityContext(protocol, Credential("EXAMPLE\\alice", "pw"), Target("HTTP", "host"))
+    server = spnego.server(protocol=protocol)
+    tokens = [ctx.step(None)]
+    while tokens[-1] is not None:
+        reply = server.step(tokens[-1])
+        tokens += [reply, ctx.step(reply) if reply and not ctx.complete else None]
+    assert server.complete
+    steps = [r.getMessage() for r in caplog.records if "step output: " in r.getMessage()]
+    shown = [m.split("step output: ", 1)[1] for m in steps]
+    assert shown and all(not s or s.startswith("<token redacted, ") for s in shown)
+    for token in filter(None, tokens):
+        assert base64.b64encode(token).decode()[:16] not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Minor (2529638919): Server HTTP/web@EXAMPLE.TEST not found in Kerberos database", 1),
+        ("Server not found in Kerberos database", 1),
+        ("Minor (2529638918): Client 'eve@EXAMPLE.TEST' not found in Kerberos database", 0),
+    ],
+)
+def test_unknown_spn_is_typed(text: str, expected: int) -> None:
+    """MIT's "Server <principal> not found" is SPNNotFoundError; an unknown client is not."""
+    ctx = SecurityContext("ntlm", Credential("EXAMPLE\\alice", "pw"), Target("HTTP", "web"))
+    error = _translate(RuntimeError(text), ctx, "testing")
+    assert isinstance(error, SPNNotFoundError) == bool(expected)

@@ -12,6 +12,11 @@ Theory of operation:
 3. Every pyspnego / GSSAPI / SSPI failure leaves this module as a subclass of
    :class:`~httpx_extensions.AuthenticationError` (see :func:`_translate`).
 
+4. pyspnego logs every token it reads or writes at DEBUG (``spnego._ntlm``, ``_gss``,
+   ``_negotiate``, ``_sspi``, ``_credssp``). Importing this module puts a filter on those
+   loggers that keeps the records but replaces each token with its length, so a
+   DEBUG log of a whole run holds no token (:class:`_RedactTokens`).
+
 This module does no I/O of its own except :func:`canonicalize` (blocking DNS: call it off
 the event loop) and knows nothing of HTTP, headers or connections.
 """
@@ -22,7 +27,9 @@ import hashlib
 import hmac
 import importlib.util
 import ipaddress
+import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -59,6 +66,40 @@ KERBEROS_AVAILABLE: bool = sys.platform == "win32" or (
     importlib.util.find_spec("gssapi") is not None and importlib.util.find_spec("krb5") is not None
 )
 _FINGERPRINT_KEY = os.urandom(32)
+
+#: pyspnego's loggers that write whole tokens (base64) at DEBUG.
+_TOKEN_LOGGERS = (
+    "spnego._ntlm",
+    "spnego._gss",
+    "spnego._negotiate",
+    "spnego._sspi",
+    "spnego._credssp",
+)
+_TOKEN_MESSAGE = re.compile(r"((?:step|TSRequest) (?:input|output): )([A-Za-z0-9+/=]+)")
+
+
+class _RedactTokens(logging.Filter):
+    """Keep pyspnego's "step input/output" records but show each token's length, not it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a record that cannot format: leave it to the handler's error path
+            return True
+        redacted = _TOKEN_MESSAGE.sub(_redacted, message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def _redacted(match: re.Match[str]) -> str:
+    return f"{match.group(1)}<token redacted, {len(match.group(2)) * 3 // 4} bytes>"
+
+
+for _name in _TOKEN_LOGGERS:
+    _logger = logging.getLogger(_name)
+    if not any(isinstance(f, _RedactTokens) for f in _logger.filters):
+        _logger.addFilter(_RedactTokens())
 
 
 class Credential:
@@ -271,7 +312,11 @@ class SecurityContext:
         self.channel_bound = cert_der is not None
         self._request = request
         req = spnego.ContextReq.default
-        if not mutual:
+        if not mutual and protocol != "negotiate":
+            # Not for SPNEGO: pyspnego 0.12 then drops the Kerberos AP-REQ from its first
+            # token (the mech context completes in one step) and every server refuses it.
+            # Asked for, the server's final token is verified if sent; the flow decides
+            # whether its absence is an error (``mutual`` there).
             req &= ~spnego.ContextReq.mutual_auth
         if delegate:
             req |= spnego.ContextReq.delegate
@@ -346,7 +391,12 @@ class SecurityContext:
         )
 
 
-_SPN_MARKERS = ("server not found in kerberos database", "s_principal_unknown", "target_unknown")
+# MIT names the principal inside its message: "Server HTTP/h@R not found in Kerberos
+# database" (minor code 2529638919, KRB5KDC_ERR_S_PRINCIPAL_UNKNOWN).
+_SPN_MARKERS = re.compile(
+    r"server (?:\S+ )?not found in kerberos database|minor \(2529638919\)"
+    r"|s_principal_unknown|target_unknown"
+)
 _NOCRED_MARKERS = (
     "no kerberos credentials",
     "credentials cache",
@@ -378,7 +428,7 @@ def _translate(exc: BaseException, ctx: SecurityContext, doing: str) -> Authenti
     low = text.lower()
     where = f"{ctx.protocol} authentication for {ctx.target} failed while {doing}"
     request = ctx._request
-    if any(m in low for m in _SPN_MARKERS):
+    if _SPN_MARKERS.search(low):
         return SPNNotFoundError(
             f"{where}: the KDC does not know SPN {ctx.target} ({text}). Register the SPN, "
             "pass spn={host: 'HTTP/real.host'} or canonicalize_host=True.",

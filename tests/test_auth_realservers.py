@@ -1,0 +1,214 @@
+"""Issue 3's "Show" items 2, 5 and 8 against real servers: MIT KDC, Apache, squid.
+
+Who authenticated is the server's word: Apache's ``X-Remote-User`` / ``X-GSS-Mech`` headers,
+the ticket cache (``klist``) for which service ticket was used, and squid's access log for
+proxy handshakes (see :mod:`tests.servers._accesslog`). The load items (3, 4) and the
+log audit (10) are in ``test_auth_realservers_load.py``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from httpx_extensions import (
+    ExClient,
+    KerberosAuth,
+    MutualAuthenticationError,
+    NegotiateAuth,
+    NoCredentialsError,
+    NTLMAuth,
+    SPNNotFoundError,
+)
+from tests.servers import Apache, Kdc, LogEntry, Squid
+
+PROXY_REQUESTS = 60
+
+
+def ntlm_user(apache: Apache | Squid, user: str) -> str:
+    """``EXAMPLE\\user``, the NTLM form of a test user."""
+    return f"EXAMPLE\\{user}"
+
+
+def legs_per_connection(entries: list[LogEntry]) -> dict[int, int]:
+    """Client port (TCP connection) -> how many of its requests carried auth."""
+    legs = Counter({entry.client_port: 0 for entry in entries})
+    legs.update(entry.client_port for entry in entries if entry.has_auth)
+    return dict(legs)
+
+
+def service_tickets(kdc: Kdc, ccache: Path) -> list[str]:
+    """The service principals (``HTTP/...``) that have a ticket in ``ccache``."""
+    klist = Path(kdc.kinit_path).with_name("klist")
+    done = subprocess.run(
+        [str(klist), "-c", f"FILE:{ccache}"],
+        capture_output=True,
+        text=True,
+        env={**kdc.env, "KRB5CCNAME": f"FILE:{ccache}"},
+        check=True,
+    )
+    # MIT also caches referral entries with an empty realm ("HTTP/host@"): not tickets.
+    return sorted({w for w in done.stdout.split() if w.startswith("HTTP/") and w[-1] != "@"})
+
+
+# -- item 2: each way to log on, and who the server says we are ---------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("case", "location", "user", "mechanism", "gss_mech"),
+    [
+        ("kerberos-ticket-cache", "krb_cb", "alice@EXAMPLE.TEST", "kerberos", "Negotiate/krb5"),
+        ("kerberos-password", "krb_cb", "bob@EXAMPLE.TEST", "kerberos", "Negotiate/krb5"),
+        ("negotiate-no-mutual", "krb_cb", "alice@EXAMPLE.TEST", "kerberos", "Negotiate/krb5"),
+        ("ntlm", "ntlm_cb", "EXAMPLE\\alice", "ntlm", "NTLM/NTLM"),
+        ("negotiate-without-ticket", "negotiate_cb", "EXAMPLE\\bob", "ntlm", "Negotiate/NTLM"),
+    ],
+)
+async def test_logon_shows_user_and_mechanism(
+    kdc: Kdc,
+    apache: Apache,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    case: str,
+    location: str,
+    user: str,
+    mechanism: str,
+    gss_mech: str,
+) -> None:
+    """Each logon is seen by Apache as the expected user and mechanism, twice on one connection."""
+    auth: httpx.Auth
+    if case == "kerberos-ticket-cache":
+        auth = KerberosAuth()  # KRB5CCNAME: alice's cache, from the kdc fixture
+    elif case == "kerberos-password":
+        auth = KerberosAuth(kdc.principal("bob"), kdc.users["bob"])
+    elif case == "negotiate-no-mutual":  # pyspnego dropped the AP-REQ here (fixed in _spnego)
+        auth = NegotiateAuth(mutual_auth=False)
+    elif case == "ntlm":
+        auth = NTLMAuth(ntlm_user(apache, "alice"), kdc.users["alice"])
+    else:
+        monkeypatch.setenv("KRB5CCNAME", f"FILE:{tmp_path / 'no-such-ccache'}")
+        async with ExClient() as client:
+            with pytest.raises(NoCredentialsError, match="no usable credential"):
+                await client.get(apache.urls["krb_cb"], auth=KerberosAuth())
+        auth = NegotiateAuth(ntlm_user(apache, "bob"), kdc.users["bob"])
+    async with ExClient() as client:
+        first = await client.get(apache.urls[location], auth=auth)
+        again = await client.get(apache.urls[location], auth=auth)
+    for response in (first, again):
+        assert response.status_code == 200, response.headers
+        assert response.headers["X-Remote-User"] == user
+        assert response.headers["X-GSS-Mech"] == gss_mech
+        assert response.extensions["auth_mechanism"] == mechanism
+    assert again.extensions["conn_id"] == first.extensions["conn_id"]
+    assert again.extensions["conn_tagged"] is True
+
+
+# -- item 5: SPN of the alias host, overrides, canonicalization ----------------------------------
+
+
+@pytest.fixture
+def private_ccache(kdc: Kdc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh ticket cache holding only alice's TGT, used as the default cache."""
+    ccache = kdc.kinit("alice", tmp_path / "alice.cc")
+    monkeypatch.setenv("KRB5CCNAME", f"FILE:{ccache}")
+    return ccache
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("spn", "canonicalize", "ticket"),
+    [
+        (None, False, "HTTP/127.0.0.2@EXAMPLE.TEST"),
+        (None, True, "HTTP/127.0.0.2@EXAMPLE.TEST"),  # an IP literal is never rewritten
+        ({"127.0.0.2": "HTTP/localhost"}, False, "HTTP/localhost@EXAMPLE.TEST"),
+        ({"127.0.0.2": "HTTP@localhost"}, True, "HTTP/localhost@EXAMPLE.TEST"),  # override wins
+    ],
+)
+async def test_alias_host_spn(
+    kdc: Kdc,
+    apache: Apache,
+    private_ccache: Path,
+    spn: dict[str, str] | None,
+    canonicalize: bool,
+    ticket: str,
+) -> None:
+    """The alias 127.0.0.2 works with its own SPN and with an override; klist shows which."""
+    auth = KerberosAuth(spn=spn, canonicalize_host=canonicalize)
+    async with ExClient() as client:
+        response = await client.get(apache.location_url("krb_cb", "127.0.0.2"), auth=auth)
+    assert response.status_code == 200
+    assert response.headers["X-Remote-User"] == "alice@EXAMPLE.TEST"
+    assert service_tickets(kdc, private_ccache) == [ticket]
+
+
+@pytest.mark.anyio
+async def test_wrong_spn_override_is_typed(kdc: Kdc, apache: Apache, private_ccache: Path) -> None:
+    """An unknown SPN raises SPNNotFoundError naming it and the fix; no token is sent."""
+    auth = KerberosAuth(spn={"127.0.0.2": "HTTP/nosuch.example.test"})
+    mark = apache.access_log.mark()
+    async with ExClient() as client:
+        with pytest.raises(SPNNotFoundError) as caught:
+            await client.get(apache.location_url("krb_cb", "127.0.0.2"), auth=auth)
+    message = str(caught.value)
+    assert "HTTP@nosuch.example.test" in message and "spn=" in message
+    assert caught.value.request.url.host == "127.0.0.2"
+    entries = apache.access_log.wait(1, mark, "/krb-cb/")
+    assert [(e.status, e.has_auth) for e in entries] == [(401, False)]
+    assert service_tickets(kdc, private_ccache) == []
+
+
+# -- item 8: through squid (Proxy-Authorization) -------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("mechanism", "legs"), [("kerberos", 1), ("ntlm", 2)])
+async def test_proxy_handshakes_equal_connections(
+    kdc: Kdc, squid: Squid, mechanism: str, legs: int
+) -> None:
+    """Concurrent GETs through squid: all 200, one handshake per connection in squid's log."""
+    proxy = squid.proxy_url
+    auth: httpx.Auth
+    if mechanism == "kerberos":  # squid sends no final token: mutual auth cannot be had
+        auth, user = NegotiateAuth(proxy=proxy, mutual_auth=False), "alice@EXAMPLE.TEST"
+    else:
+        auth, user = NTLMAuth(ntlm_user(squid, "alice"), kdc.users["alice"], proxy=proxy), "alice"
+    mark = squid.access_log.mark()
+    statuses: list[int] = []
+    conn_ids: set[str] = set()
+    async with ExClient(proxy=proxy, limits=httpx.Limits(max_connections=4)) as client:
+
+        async def get(i: int) -> None:
+            response = await client.get(f"{squid.origin_url}?i={i}", auth=auth)
+            statuses.append(response.status_code)
+            conn_ids.add(response.extensions["conn_id"])
+            assert response.extensions["auth_mechanism"] == mechanism
+            assert response.json()
+
+        async with anyio.create_task_group() as group:
+            for i in range(PROXY_REQUESTS):
+                group.start_soon(get, i)
+    assert statuses == [200] * PROXY_REQUESTS
+    entries = squid.access_log.wait(PROXY_REQUESTS, mark)
+    entries = squid.access_log.wait(PROXY_REQUESTS + legs * len(conn_ids), mark)
+    per_connection = legs_per_connection(entries)
+    print(f"\nproxy {mechanism}: {PROXY_REQUESTS} requests, {len(entries)} in squid's log, "
+          f"{sum(per_connection.values())} with Proxy-Authorization, "
+          f"{len(per_connection)} connections")  # fmt: skip
+    assert len(per_connection) == len(conn_ids) <= 4
+    assert set(per_connection.values()) == {legs}
+    assert {e.user for e in entries if e.status == 200} == {user}
+
+
+@pytest.mark.anyio
+async def test_proxy_kerberos_requires_final_token_by_default(kdc: Kdc, squid: Squid) -> None:
+    """squid never proves its identity, so mutual auth (the default) refuses its 200."""
+    auth = NegotiateAuth(proxy=squid.proxy_url)
+    async with ExClient(proxy=squid.proxy_url) as client:
+        with pytest.raises(MutualAuthenticationError, match="mutual_auth=False"):
+            await client.get(squid.origin_url, auth=auth)
