@@ -143,3 +143,20 @@ async def test_post_on_dropped_connection_is_not_replayed(port_server: PortServe
             except httpx.TransportError:
                 continue
             assert r.status_code == 200
+
+
+async def test_cookies_still_extracted() -> None:
+    """Responses that set cookies still fill the client's jar; others leave it alone."""
+
+    def app(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/set":
+            return httpx.Response(200, headers={"Set-Cookie": "session=abc; Path=/"})
+        return httpx.Response(200, json={"cookie": request.headers.get("cookie")})
+
+    async with ExClient(transport=httpx.MockTransport(app)) as client:
+        await client.get("http://example.test/other")
+        assert not client.cookies
+        await client.get("http://example.test/set")
+        assert client.cookies["session"] == "abc"
+        r = await client.get("http://example.test/echo")
+        assert r.json()["cookie"] == "session=abc"

@@ -62,3 +62,17 @@ def test_send_is_the_single_entry_point() -> None:
     """Every request method of AsyncClient goes through send(), where ExClient opens flows."""
     assert "self.send(" in inspect.getsource(httpx.AsyncClient.request)
     assert "self.send(" in inspect.getsource(httpx.AsyncClient.stream)
+
+
+def test_cookies_property_stores_private_attribute() -> None:
+    """httpx keeps client cookies in ``_cookies``, which ExClient's cookie fast path wraps."""
+    client = ExClient(cookies={"a": "1"})
+    assert client._cookies is client.cookies
+    assert type(client.cookies).__name__ == "_Cookies"
+    client.cookies = {"b": "2"}
+    assert type(client.cookies).__name__ == "_Cookies" and client.cookies["b"] == "2"
+    source = inspect.getsource(httpx._client.BaseClient)
+    assert "self._cookies = Cookies(cookies)" in source
+    assert "self.cookies.extract_cookies(response)" in inspect.getsource(
+        httpx.AsyncClient._send_single_request
+    )
