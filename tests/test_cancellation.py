@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import typing
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 
 import anyio
 import anyio.lowlevel
@@ -80,7 +80,7 @@ async def _all(client: ExClient, servers: Servers, jobs: list[Job]) -> None:
 
 
 async def _cancel(
-    how: str, amount: float, work: typing.Callable[[], typing.Awaitable[None]]
+    how: str, amount: float, work: typing.Callable[[], Coroutine[typing.Any, typing.Any, None]]
 ) -> None:
     """Run ``work`` and cancel it the way drawn; completing first is fine too."""
     if how == "checkpoints":
