@@ -383,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(f"the swapped pass did not swap in {args.swap}")
 
     stock_passed = [n for n in stock.tests if stock.outcome(n) == "passed"]
+    if args.select:  # a partial run: compare only what it ran
+        stock_passed = [n for n in stock_passed if n in swapped.tests]
     failing = [n for n in stock_passed if swapped.outcome(n) != "passed"]
     retry = [n for n in failing if n in FLAKY]
     if retry:
