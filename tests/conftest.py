@@ -34,10 +34,3 @@ def port_server2() -> typing.Iterator[PortServer]:
     """A second origin (another port) for cross-origin redirects."""
     with PortServer() as server:
         yield server
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Register the ``httpx_suite`` marker (until pyproject.toml lists it)."""
-    config.addinivalue_line(
-        "markers", "httpx_suite: runs httpx's own test suite against ExClient (slow, networked)"
-    )

@@ -308,14 +308,6 @@ def _read_head(sock: socket.socket) -> bytes:
     return data
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=httpx.RemoteProtocolError,
-    reason="pool/transport (lead): a leg pinned by conn_id is written to a keep-alive "
-    "connection the server closes without answering; the request is lost with "
-    "RemoteProtocolError instead of being treated as a gone conn_id (sent on a normal "
-    "connection, so the flow restarts as it does when the FIN arrives in time)",
-)
 async def test_pinned_leg_written_to_a_connection_the_server_closes(srv: FaultServer) -> None:
     """The type 1 lost on a stale connection is resent on a new one; the logon completes."""
     stale = _StaleFirstConnection(srv)

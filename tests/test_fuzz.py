@@ -339,12 +339,6 @@ def early_server() -> Iterator[str]:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="_connection.py Connection._cycle (line ~202) starts the next h11 cycle and the "
-    "pool reuses the connection although h11 already buffered bytes past the response "
-    "(h11 trailing_data): the next request is answered with those unsolicited bytes",
-)
 async def test_unsolicited_bytes_after_a_response_are_not_the_next_answer(
     anyio_backend: str, early_server: str
 ) -> None:

@@ -203,7 +203,9 @@ class Connection:
         conn = self._h11
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
-            return True
+            # Bytes the server sent after the response, unasked: never let them pass as the
+            # answer to the next request.
+            return not conn.trailing_data[0]
         return False
 
     def done(self, reusable: bool) -> None:

@@ -202,7 +202,7 @@ class ExTransport(httpx.AsyncBaseTransport):
             body = typing.cast(typing.AsyncIterable[bytes], request.stream)
 
         method = request.method.encode()
-        retry = not explicit
+        retry = True
         while True:
             try:
                 conn, tagged = await pool.acquire(
@@ -223,9 +223,17 @@ class ExTransport(httpx.AsyncBaseTransport):
                 await conn.aclose()
                 if retry and reused and _is_stale(exc, conn, method) and _replayable(request, body):
                     # An idle keep-alive connection the server closed as we reused it:
-                    # nothing was processed, so send once more on another connection.
-                    logger.debug("connection %s was stale; retrying once", conn.conn_id)
-                    retry = False
+                    # nothing was processed, so send once more on another connection. For a
+                    # pinned request that connection is gone, as if closed before we chose it.
+                    if explicit:
+                        logger.warning(
+                            "conn_id %s was requested but it was closed by the server; "
+                            "sending on another connection",
+                            conn.conn_id,
+                        )
+                    else:
+                        logger.debug("connection %s was stale; retrying once", conn.conn_id)
+                    retry = explicit = False
                     pin = None
                     continue
                 raise
