@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import re
 from pathlib import Path
 
@@ -44,8 +45,13 @@ def test_fetch_5000_from_apache(apache: Apache, location: str, tmp_path: Path) -
     records = read_results(out)
     assert len(records) == COUNT and all(r["status"] == 200 for r in records)
     connections = _row(result.stdout, "connections opened")
-    assert 1 <= connections <= 10
+    # At most 10 are open at once; over the run a few more may open when idle ones pass
+    # keepalive_expiry (5 s) on a slow machine. What matters: one handshake per connection.
+    assert 1 <= connections <= 20
     assert _row(result.stdout, "handshakes") == connections
     path = base.split(str(apache.port), 1)[1]
     entries = apache.access_log.wait(COUNT, mark, path, timeout=10)
     assert len({e.client_port for e in entries}) == connections
+    legs_per_handshake = 2 if location == "ntlm_cb" else 1
+    auth_legs = collections.Counter(e.client_port for e in entries if e.has_auth)
+    assert set(auth_legs.values()) == {legs_per_handshake}, auth_legs
