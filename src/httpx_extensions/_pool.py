@@ -36,7 +36,6 @@ authentication schemes, and nothing of httpx.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextvars
 import dataclasses
@@ -45,10 +44,10 @@ import logging
 import time
 import typing
 
-import anyio
 import httpcore
 
 from ._connection import Connection, Origin
+from ._waiters import GONE, SLOT, Gone, Result, Slot, Waiter, enqueue, pop_live
 
 __all__ = ["Flow", "Pool", "PoolState", "current_flow"]
 
@@ -105,91 +104,6 @@ class PoolState:
         return self.active + self.idle + self.reserved + self.connecting
 
 
-class _Slot:
-    """Waiter result: capacity was granted; open a new connection."""
-
-
-class _Gone:
-    """Waiter result: the pinned connection vanished; acquire normally."""
-
-
-_SLOT = _Slot()
-_GONE = _Gone()
-_Result = typing.Union[Connection, _Slot, _Gone]
-
-
-class _Waiter:
-    __slots__ = ("origin", "identity", "flow", "result", "done", "_future", "_event")
-
-    def __init__(
-        self, origin: Origin, identity: typing.Hashable, flow: Flow | None, on_asyncio: bool
-    ) -> None:
-        self.origin = origin
-        self.identity = identity
-        self.flow = flow
-        self.result: _Result | None = None
-        self.done = False
-        self._future: asyncio.Future[None] | None = (
-            asyncio.get_running_loop().create_future() if on_asyncio else None
-        )
-        self._event: anyio.Event | None = None if on_asyncio else anyio.Event()
-
-    def wake(self, result: _Result) -> None:
-        self.result = result
-        self.done = True
-        if self._future is not None:
-            if not self._future.done():
-                self._future.set_result(None)
-        else:
-            assert self._event is not None
-            self._event.set()
-
-    async def wait(self, timeout: float | None) -> bool:
-        """Wait to be woken; False on timeout."""
-        if self._future is not None:
-            future = self._future
-            handle = (
-                future.get_loop().call_later(timeout, _time_out, future)
-                if timeout is not None
-                else None
-            )
-            try:
-                await future
-            except _PoolWaitTimeout:
-                return self.done
-            finally:
-                if handle is not None:
-                    handle.cancel()
-            return True
-        assert self._event is not None
-        with anyio.move_on_after(timeout):
-            await self._event.wait()
-        return self.done
-
-
-class _PoolWaitTimeout(Exception):
-    pass
-
-
-def _time_out(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_exception(_PoolWaitTimeout())
-
-
-def _enqueue(queue: collections.deque[_Waiter], waiter: _Waiter) -> None:
-    while queue and queue[0].done:  # lazy deletion: keep the head live
-        queue.popleft()
-    queue.append(waiter)
-
-
-def _pop_live(queue: collections.deque[_Waiter] | None) -> _Waiter | None:
-    while queue:
-        waiter = queue.popleft()
-        if not waiter.done:
-            return waiter
-    return None
-
-
 class Pool:
     """Connections for one transport. See the module docstring for the rules."""
 
@@ -214,9 +128,9 @@ class Pool:
         self._connecting = 0
         self._idle: dict[Key, dict[str, Connection]] = {}
         self._lru: collections.OrderedDict[str, Connection] = collections.OrderedDict()
-        self._by_key: dict[Key, collections.deque[_Waiter]] = {}
-        self._by_origin: dict[Origin, collections.deque[_Waiter]] = {}
-        self._global: collections.deque[_Waiter] = collections.deque()
+        self._by_key: dict[Key, collections.deque[Waiter]] = {}
+        self._by_origin: dict[Origin, collections.deque[Waiter]] = {}
+        self._global: collections.deque[Waiter] = collections.deque()
         self._to_close: list[Connection] = []
         self._closed = False
 
@@ -278,15 +192,15 @@ class Pool:
         while True:
             if self._closed:
                 raise RuntimeError("the connection pool was closed; create a new client")
-            result: _Result | _Waiter = self._acquire_nowait(
+            result: Result | Waiter = self._acquire_nowait(
                 origin, identity, pin, explicit, new, flow
             )
-            if isinstance(result, _Waiter):
+            if isinstance(result, Waiter):
                 result = await self._wait(result, pool_timeout)
-            if isinstance(result, _Gone):
+            if isinstance(result, Gone):
                 pin = None
                 continue
-            if isinstance(result, _Slot):
+            if isinstance(result, Slot):
                 conn = await self._open_slot(origin, timeouts.get("connect"))
             else:
                 conn = result
@@ -306,7 +220,7 @@ class Pool:
         explicit: bool,
         new: bool,
         flow: Flow | None,
-    ) -> _Result | _Waiter:
+    ) -> Result | Waiter:
         # Case 1: the request is pinned to a connection.
         if pin is not None:
             got = self._take_pinned(origin, identity, pin, explicit, flow)
@@ -330,14 +244,14 @@ class Pool:
             self._remove(next(iter(self._lru.values())), "least recently used, making room")
         if len(self._conns) + self._connecting < self._max:
             self._connecting += 1
-            return _SLOT
+            return SLOT
         # Case 4: wait, first come first served.
-        waiter = _Waiter(origin, identity, flow, self.on_asyncio)
-        _enqueue(self._global, waiter)
+        waiter = Waiter(origin, identity, flow, self.on_asyncio)
+        enqueue(self._global, waiter)
         if not new:
             if identity is not None:
-                _enqueue(self._by_key.setdefault((origin, identity), collections.deque()), waiter)
-            _enqueue(self._by_origin.setdefault(origin, collections.deque()), waiter)
+                enqueue(self._by_key.setdefault((origin, identity), collections.deque()), waiter)
+            enqueue(self._by_origin.setdefault(origin, collections.deque()), waiter)
         return waiter
 
     def _take_pinned(
@@ -347,7 +261,7 @@ class Pool:
         pin: str,
         explicit: bool,
         flow: Flow | None,
-    ) -> Connection | _Waiter | None:
+    ) -> Connection | Waiter | None:
         conn = self._conns.get(pin)
         why = None
         if conn is None:
@@ -381,13 +295,13 @@ class Pool:
             logger.debug("connection %s taken by pin", conn.conn_id)
             return conn
         # Busy with another leg (or reserved by another flow): wait for this connection.
-        waiter = _Waiter(origin, identity, flow, self.on_asyncio)
+        waiter = Waiter(origin, identity, flow, self.on_asyncio)
         if conn.pinned_waiters is None:
             conn.pinned_waiters = collections.deque()
         conn.pinned_waiters.append(waiter)
         return waiter
 
-    async def _wait(self, waiter: _Waiter, timeout: float | None) -> _Result:
+    async def _wait(self, waiter: Waiter, timeout: float | None) -> Result:
         try:
             woken = await waiter.wait(timeout)
         except BaseException:
@@ -402,7 +316,7 @@ class Pool:
         assert waiter.result is not None
         return waiter.result
 
-    def _abandon(self, waiter: _Waiter) -> None:
+    def _abandon(self, waiter: Waiter) -> None:
         """A waiter leaves (timeout, cancellation): give back whatever it was handed."""
         result = waiter.result
         waiter.done = True
@@ -410,7 +324,7 @@ class Pool:
         if isinstance(result, Connection):
             result.flow = None
             self._make_available(result)
-        elif isinstance(result, _Slot):
+        elif isinstance(result, Slot):
             self._connecting -= 1
             self._grant_capacity()
 
@@ -498,13 +412,13 @@ class Pool:
 
     def _make_available(self, conn: Connection) -> None:
         # Case 1: a request pinned to this connection.
-        waiter = _pop_live(conn.pinned_waiters)
+        waiter = pop_live(conn.pinned_waiters)
         # Case 2: a request of the same origin and identity (any identity if untagged).
         if waiter is None:
             if conn.tag is None:
-                waiter = _pop_live(self._by_origin.get(conn.origin))
+                waiter = pop_live(self._by_origin.get(conn.origin))
             else:
-                waiter = _pop_live(self._by_key.get((conn.origin, conn.tag)))
+                waiter = pop_live(self._by_key.get((conn.origin, conn.tag)))
         if waiter is not None:
             self._hand(conn, waiter)
             return
@@ -522,7 +436,7 @@ class Pool:
         if len(self._lru) > self._max_idle:
             self._remove(next(iter(self._lru.values())), "over max_keepalive_connections")
 
-    def _hand(self, conn: Connection, waiter: _Waiter) -> None:
+    def _hand(self, conn: Connection, waiter: Waiter) -> None:
         conn.state = ACTIVE
         conn.flow = waiter.flow
         logger.debug("connection %s handed to a queued request", conn.conn_id)
@@ -530,11 +444,11 @@ class Pool:
 
     def _grant_capacity(self) -> None:
         while len(self._conns) + self._connecting < self._max:
-            waiter = _pop_live(self._global)
+            waiter = pop_live(self._global)
             if waiter is None:
                 return
             self._connecting += 1
-            waiter.wake(_SLOT)
+            waiter.wake(SLOT)
 
     # -- idle bookkeeping ------------------------------------------------------------------
     def _usable(self, conn: Connection) -> bool:
@@ -590,7 +504,7 @@ class Pool:
         while conn.pinned_waiters:
             waiter = conn.pinned_waiters.popleft()
             if not waiter.done:
-                waiter.wake(_GONE)
+                waiter.wake(GONE)
         self._grant_capacity()
 
     async def _drain_close(self) -> None:
@@ -605,5 +519,5 @@ class Pool:
             self._remove(conn, "pool closed")
         for waiter in self._global:
             if not waiter.done:
-                waiter.wake(_GONE)
+                waiter.wake(GONE)
         await self._drain_close()
