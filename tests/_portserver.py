@@ -8,6 +8,8 @@ Paths:
   ``/drop``          200 that claims keep-alive, then the server closes the connection
   ``/slow?s=SECS``   sleeps, then 200
   ``/big?n=BYTES``   200 with an n-byte body
+  ``/trickle?n=K``   200 with a K-chunk body, one chunk every 50 ms
+  any path ``?close=1``: answer with ``Connection: close``
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class _Handler(socketserver.StreamRequestHandler):
             ).encode()
             if url.path == "/redirect":
                 status, extra = 302, [("Location", query["to"])]
-            elif url.path in ("/close", "/drop"):
+            elif url.path in ("/close", "/drop") or query.get("close") == "1":
                 close = True
             elif url.path == "/slow":
                 time.sleep(float(query.get("s", "1")))
@@ -72,8 +74,12 @@ class _Handler(socketserver.StreamRequestHandler):
             head = [f"HTTP/1.1 {status} {'OK' if status == 200 else 'Found'}"]
             head += [f"{k}: {v}" for k, v in extra]
             head += [f"Content-Length: {len(body)}", "Content-Type: application/json"]
-            if close and url.path == "/close":
+            if close and url.path != "/drop":
                 head.append("Connection: close")
+            if url.path == "/trickle":
+                if self._trickle(head, int(query.get("n", "20"))):
+                    continue
+                return
             payload = ("\r\n".join(head) + "\r\n\r\n").encode() + (
                 b"" if method == "HEAD" else body
             )
@@ -84,6 +90,21 @@ class _Handler(socketserver.StreamRequestHandler):
                 return
             if close:
                 return
+
+    def _trickle(self, head: list[str], chunks: int) -> bool:
+        head = [h for h in head if not h.startswith("Content-Length")]
+        head.append("Transfer-Encoding: chunked")
+        try:
+            self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode())
+            for _ in range(chunks):
+                self.wfile.write(b"1\r\nx\r\n")
+                self.wfile.flush()
+                time.sleep(0.05)
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except OSError:
+            return False
+        return True
 
 
 class _Server(socketserver.ThreadingTCPServer):

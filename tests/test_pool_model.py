@@ -6,7 +6,8 @@ fake sockets) on asyncio and on trio, checking after every step that
 * no tagged connection is handed to another identity or to an anonymous request;
 * never more than ``max_connections`` connections exist (open or opening);
 * every request eventually gets a connection (no waiter starves) once holders finish;
-* the pool ends with 0 active, 0 reserved and 0 queued.
+* the pool ends with 0 active, 0 reserved and 0 queued, even when queued or connecting
+  requests are cancelled at random (whatever they had been handed goes back).
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ class FakeStream(httpcore.AsyncNetworkStream):
 Op = tuple[str, int, int, int]
 ops = st.lists(
     st.tuples(
-        st.sampled_from(["request", "request", "request", "finish", "finish", "lose", "expire"]),
+        st.sampled_from(
+            ["request", "request", "request", "finish", "finish", "lose", "expire", "cancel"]
+        ),
         st.integers(0, len(ORIGINS) - 1),
         st.integers(0, len(IDENTITIES) - 1),
         st.integers(0, 7),
@@ -76,12 +79,21 @@ async def _scenario(program: list[Op]) -> None:
     pending = 0
     served = 0
 
+    scopes: list[anyio.CancelScope] = []
+
     async def request(origin: Origin, identity: typing.Hashable) -> None:
         nonlocal pending, served
-        pending += 1
         flow = Flow()
-        conn, _ = await pool.acquire(origin, identity, None, False, False, flow, {})
-        pending -= 1
+        with anyio.CancelScope() as scope:
+            scopes.append(scope)
+            try:
+                conn, _ = await pool.acquire(origin, identity, None, False, False, flow, {})
+            finally:
+                pending -= 1
+                scopes.remove(scope)
+        if scope.cancelled_caught:
+            flow.end()
+            return
         served += 1
         before = model_tag.get(conn.conn_id)
         # The identity rule: anonymous only on untagged, tagged only to its own identity.
@@ -102,6 +114,7 @@ async def _scenario(program: list[Op]) -> None:
     async with anyio.create_task_group() as tg:
         for kind, o, i, k in program:
             if kind == "request":
+                pending += 1  # counted now: the task may not have started when we drain
                 tg.start_soon(request, ORIGINS[o], IDENTITIES[i])
             elif kind == "finish" and holders:
                 conn, flow = holders.pop(k % len(holders))
@@ -114,11 +127,14 @@ async def _scenario(program: list[Op]) -> None:
                     streams[conn.conn_id].dead = True
                     if k % 2:
                         pool.on_lost(conn)  # the transport noticed; else found when taken
+            elif kind == "cancel" and scopes:
+                scopes[k % len(scopes)].cancel()  # a queued or connecting request gives up
             elif kind == "expire":
                 for conn in pool._conns.values():
                     conn.idle_since -= 120.0
-            await anyio.sleep(0)
-            await anyio.sleep(0)
+            if k % 4 != 3:  # sometimes act again before the loop runs: races
+                await anyio.sleep(0)
+                await anyio.sleep(0)
             check()
         # Drain: holders finish until every request was served (no starvation).
         with anyio.fail_after(5):
@@ -141,3 +157,46 @@ async def _scenario(program: list[Op]) -> None:
 def test_pool_model(backend: str, program: list[Op]) -> None:
     """Random programs keep the identity rule, the connection limit and liveness."""
     anyio.run(_scenario, program, backend=backend)
+
+
+async def _fake_opener(conn_id: str, origin: Origin, timeout: float | None) -> Connection:
+    await anyio.sleep(0)
+    return Connection(conn_id, origin, FakeStream())
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("reusable", [True, False])
+async def test_cancelled_waiter_gives_back_what_it_was_handed(reusable: bool) -> None:
+    """A waiter cancelled right after being handed a connection (or a slot) gives it back."""
+    from httpx_extensions._backends import backend_for_current_loop
+
+    pool = Pool(_fake_opener, max_connections=1, on_asyncio=backend_for_current_loop()[1])
+    origin = ORIGINS[0]
+    holder = Flow()
+    conn, _ = await pool.acquire(origin, None, None, False, False, holder, {})
+    outcome: list[str] = []
+
+    async def waiter(scope: anyio.CancelScope) -> None:
+        flow = Flow()
+        with scope:
+            got, _ = await pool.acquire(origin, None, None, False, False, flow, {})
+            got.done(True)
+            outcome.append("served")
+        flow.end()
+        if scope.cancelled_caught:
+            outcome.append("cancelled")
+
+    scope = anyio.CancelScope()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter, scope)
+        await anyio.sleep(0.01)
+        assert pool.state().queued == 1
+        conn.done(reusable)  # hands the connection (or a slot) to the waiter...
+        holder.end()
+        scope.cancel()  # ...which is cancelled before it runs again
+    state = pool.state()
+    assert (state.active, state.reserved, state.queued, state.connecting) == (0, 0, 0, 0)
+    assert outcome in (["served"], ["cancelled"])
+    again, _ = await pool.acquire(origin, None, None, False, False, Flow(), {})
+    again.done(True)
+    await pool.aclose()

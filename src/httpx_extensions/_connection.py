@@ -243,10 +243,17 @@ class Connection:
 
 
 class _ClosedH11:
-    """Stands in for the h11 state machine of a closed connection."""
+    """Stands in for the h11 state machine of a closed connection: any I/O on it fails."""
 
     our_state = h11.CLOSED
     their_state = h11.CLOSED
+    trailing_data = (b"", True)
+
+    def next_event(self) -> typing.NoReturn:
+        raise httpcore.ReadError("the connection was closed (the client or pool was closed)")
+
+    def send(self, event: object) -> typing.NoReturn:
+        raise httpcore.WriteError("the connection was closed (the client or pool was closed)")
 
 
 _CLOSED: typing.Any = _ClosedH11()
