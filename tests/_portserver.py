@@ -65,7 +65,7 @@ class _Handler(socketserver.StreamRequestHandler):
             ).encode()
             if url.path == "/redirect":
                 status, extra = 302, [("Location", query["to"])]
-            elif url.path in ("/close", "/drop") or query.get("close") == "1":
+            elif url.path in ("/close", "/drop"):
                 close = True
             elif url.path == "/slow":
                 time.sleep(float(query.get("s", "1")))
@@ -76,6 +76,7 @@ class _Handler(socketserver.StreamRequestHandler):
             head += [f"Content-Length: {len(body)}", "Content-Type: application/json"]
             if close and url.path != "/drop":
                 head.append("Connection: close")
+            close = close or query.get("close") == "1"
             if url.path == "/trickle":
                 if self._trickle(head, int(query.get("n", "20"))):
                     continue
