@@ -91,7 +91,7 @@ class Connection:
         method: bytes,
         target: bytes,
         headers: list[tuple[bytes, bytes]],
-        body: typing.AsyncIterable[bytes] | None,
+        body: bytes | typing.AsyncIterable[bytes] | None,
         timeouts: typing.Mapping[str, float | None],
     ) -> ResponseHead:
         """Write one request and read the response head.
@@ -107,17 +107,15 @@ class Connection:
         data = conn.send(h11.Request(method=method, target=target, headers=headers))
         assert data is not None
         try:
-            if body is None:
+            if body is None or isinstance(body, bytes):
+                # Head, body and end in one write (the common case: no or in-memory body).
+                if body:
+                    data += conn.send(h11.Data(data=body)) or b""
                 data += conn.send(h11.EndOfMessage()) or b""
                 await self.stream.write(data, write_timeout)
             else:
                 await self.stream.write(data, write_timeout)
-                async for chunk in body:
-                    if chunk:
-                        await self.stream.write(
-                            conn.send(h11.Data(data=chunk)) or b"", write_timeout
-                        )
-                await self.stream.write(conn.send(h11.EndOfMessage()) or b"", write_timeout)
+                await self._send_stream(body, write_timeout)
         except httpcore.WriteError:
             # The server may have answered early (a 401 before the body was read) and
             # closed: read that answer if there is one, else report the write failure.
@@ -129,6 +127,23 @@ class Connection:
                 pass
             raise
         return await self._receive_head(timeouts.get("read"))
+
+    async def _send_stream(
+        self, body: typing.AsyncIterable[bytes], write_timeout: float | None
+    ) -> None:
+        iterator = body.__aiter__()
+        try:
+            async for chunk in iterator:
+                if chunk:
+                    data = self._h11.send(h11.Data(data=chunk))
+                    await self.stream.write(data or b"", write_timeout)
+        finally:
+            # An async generator left half-way (a write failed) must be closed here, not
+            # by the garbage collector (trio warns, and its cleanup would run too late).
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        await self.stream.write(self._h11.send(h11.EndOfMessage()) or b"", write_timeout)
 
     async def _next_event(self, read_timeout: float | None) -> h11.Event:
         conn = self._h11

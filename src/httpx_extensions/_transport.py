@@ -195,11 +195,14 @@ class ExTransport(httpx.AsyncBaseTransport):
                 pin = flow.reserved.conn_id
         identity = ext.get("identity")
         pool = self._get_pool()
-        body = None
-        if request.headers.get("content-length", "0") != "0" or "transfer-encoding" in (
-            request.headers
+        body: bytes | typing.AsyncIterable[bytes] | None = None
+        stream = request.stream
+        if isinstance(stream, httpx.ByteStream):  # in memory: sent with the head, one write
+            body = b"".join(stream) or None
+        elif request.headers.get("content-length", "0") != "0" or (
+            "transfer-encoding" in request.headers
         ):
-            body = typing.cast(typing.AsyncIterable[bytes], request.stream)
+            body = typing.cast(typing.AsyncIterable[bytes], stream)
 
         method = request.method.encode()
         retry = True
@@ -356,7 +359,7 @@ def _is_stale(exc: BaseException, conn: Connection, method: bytes) -> bool:
 
 
 def _replayable(request: httpx.Request, body: object) -> bool:
-    return body is None or isinstance(request.stream, httpx.ByteStream)
+    return body is None or isinstance(body, bytes)
 
 
 class _ResponseStream(httpx.AsyncByteStream):
