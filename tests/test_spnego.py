@@ -6,6 +6,7 @@ import datetime
 import hashlib
 import logging
 import pathlib
+import subprocess
 import time
 import typing
 
@@ -13,7 +14,7 @@ import pytest
 import spnego
 import spnego.channel_bindings
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
@@ -182,12 +183,34 @@ def test_end_point_ecdsa_sha384() -> None:
     assert tls_server_end_point(der).endswith(hashlib.sha384(der).digest())
 
 
-def test_end_point_sha1_becomes_sha256(rsa_key: rsa.RSAPrivateKey) -> None:
-    """RFC 5929: MD5 and SHA-1 signed certificates are hashed with SHA-256."""
-    try:
-        der = _cert(hashes.SHA1(), rsa_key)
-    except Exception:  # pragma: no cover - a cryptography build that refuses SHA-1
-        pytest.skip("cannot make a SHA-1 signed certificate here")
+def test_end_point_sha1_becomes_sha256(tmp_path: pathlib.Path) -> None:
+    """RFC 5929: a SHA-1 signed certificate is hashed with SHA-256 (made by openssl, as
+    this cryptography build refuses to sign with SHA-1)."""
+    pem = tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-sha1",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=sha1.test",
+            "-days",
+            "1",
+            "-keyout",
+            str(tmp_path / "key.pem"),
+            "-out",
+            str(pem),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    cert = x509.load_pem_x509_certificate(pem.read_bytes())
+    assert isinstance(cert.signature_hash_algorithm, hashes.SHA1)
+    der = cert.public_bytes(serialization.Encoding.DER)
     assert tls_server_end_point(der).endswith(hashlib.sha256(der).digest())
 
 
