@@ -37,12 +37,12 @@ def test_fetch_5000_from_apache(apache: Apache, location: str, tmp_path: Path) -
     else:
         auth = ["--kerberos"]  # alice's ticket cache, from the kdc fixture's environment
     mark = apache.access_log.mark()
-    result = CliRunner().invoke(
-        cli,
-        ["fetch", str(source), *auth, "--concurrency", "10", "--out", str(out), "--no-progress"],
-    )
+    command = ["fetch", str(source), *auth, "--concurrency", "10", "--out", str(out)]
+    result = CliRunner().invoke(cli, [*command, "--no-progress"])
     assert result.exit_code == 0, result.output
     records = read_results(out)
+    for record in records:
+        assert {"url", "status", "bytes", "elapsed", "conn_id"} <= record.keys()
     assert len(records) == COUNT and all(r["status"] == 200 for r in records)
     connections = _row(result.stdout, "connections opened")
     # At most 10 are open at once; over the run a few more may open when idle ones pass
@@ -55,3 +55,11 @@ def test_fetch_5000_from_apache(apache: Apache, location: str, tmp_path: Path) -
     legs_per_handshake = 2 if location == "ntlm_cb" else 1
     auth_legs = collections.Counter(e.client_port for e in entries if e.has_auth)
     assert set(auth_legs.values()) == {legs_per_handshake}, auth_legs
+
+    # A re-run with the same --out skips all 5,000: nothing reaches Apache.
+    again_mark = apache.access_log.mark()
+    again = CliRunner().invoke(cli, [*command, "--no-progress"])
+    assert again.exit_code == 0, again.output
+    assert "skipped (done before)" in again.stdout and str(COUNT) in again.stdout
+    assert len(read_results(out)) == COUNT
+    assert apache.access_log.entries(again_mark, path) == []
