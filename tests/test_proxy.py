@@ -20,6 +20,19 @@ from tests._portserver import PortServer
 pytestmark = pytest.mark.anyio
 
 
+def _pipe(a: socket.socket, b: socket.socket) -> None:
+    """Copy bytes both ways until either side closes or 5 s pass in silence."""
+    while True:
+        readable, _, _ = select.select([a, b], [], [], 5)
+        if not readable:
+            return
+        for sock in readable:
+            data = sock.recv(65536)
+            if not data:
+                return
+            (b if sock is a else a).sendall(data)
+
+
 class _ProxyHandler(socketserver.StreamRequestHandler):
     """Forward absolute-form requests to the origin; tunnel CONNECT; refuse port 1."""
 
@@ -76,17 +89,8 @@ class _ProxyHandler(socketserver.StreamRequestHandler):
         upstream = socket.create_connection((host, int(port)))
         self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         self.wfile.flush()
-        client = self.connection
         try:
-            while True:
-                readable, _, _ = select.select([client, upstream], [], [], 5)
-                if not readable:
-                    return
-                for sock in readable:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    (upstream if sock is client else client).sendall(data)
+            _pipe(self.connection, upstream)
         finally:
             upstream.close()
 
@@ -150,15 +154,7 @@ def _relay(raw: socket.socket, ctx: ssl.SSLContext, port: int) -> None:
         return
     upstream = socket.create_connection(("127.0.0.1", port))
     try:
-        while True:
-            readable, _, _ = select.select([tls, upstream], [], [], 5)
-            if not readable:
-                return
-            for sock in readable:
-                data = sock.recv(65536)
-                if not data:
-                    return
-                (upstream if sock is tls else tls).sendall(data)
+        _pipe(tls, upstream)
     except (OSError, ssl.SSLError):
         return
     finally:
