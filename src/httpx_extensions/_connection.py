@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 A :class:`Connection` carries one request at a time. ``send()`` writes the request and
-reads the response head; the body is then read through :class:`ResponseBody`, which calls
+reads the response head; the body is then read through ``read_body()`` (driven by the
+transport's response stream), which calls
 ``Connection.on_response_done(reusable)`` exactly once: at the end of the body (reusable if
 h11 says both sides are ready for another cycle), or when the body is closed early or fails
 (not reusable). The pool sets ``on_response_done``; this module knows nothing of pools,

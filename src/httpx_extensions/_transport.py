@@ -139,8 +139,6 @@ class ExTransport(httpx.AsyncBaseTransport):
                 scheme=purl.raw_scheme, host=purl.raw_host, port=purl.port, target=purl.raw_path
             )
         self._backend: httpcore.AsyncNetworkBackend | None = None
-        #: Requests this transport has carried (diagnostics and the upstream test run).
-        self.requests_sent = 0
 
     # -- public helpers used by ExClient -----------------------------------------------------
     def pool_state(self) -> PoolState:
@@ -241,7 +239,6 @@ class ExTransport(httpx.AsyncBaseTransport):
                     continue
                 raise
             break
-        self.requests_sent += 1
         return httpx.Response(
             head.status,
             headers=head.headers,
