@@ -1,7 +1,8 @@
 """Fail loudly when the httpx internals ExClient relies on change shape.
 
 ExClient overrides ``AsyncClient._init_transport`` and ``AsyncClient._init_proxy_transport``
-(to build our pool where httpx builds its own) and imports ``USE_CLIENT_DEFAULT`` from
+(to build our pool where httpx builds its own) and ``BaseClient._merge_url`` (to parse each
+URL string once), wraps the ``_cookies`` attribute, and imports ``USE_CLIENT_DEFAULT`` from
 ``httpx._client``. These are private to httpx; we pin ``httpx>=0.28.1,<0.29``. If a test here
 fails after an httpx upgrade, re-read httpx's ``AsyncClient.__init__`` and adapt
 ``src/httpx_extensions/_client.py`` before widening the pin.
@@ -76,3 +77,14 @@ def test_cookies_property_stores_private_attribute() -> None:
     assert "self.cookies.extract_cookies(response)" in inspect.getsource(
         httpx.AsyncClient._send_single_request
     )
+
+
+def test_merge_url_is_where_build_request_parses() -> None:
+    """ExClient caches parsed URL strings in its ``_merge_url`` override, keyed by the
+    ``_base_url`` attribute that the ``base_url`` setter replaces."""
+    params = list(inspect.signature(httpx.AsyncClient._merge_url).parameters)
+    assert params == ["self", "url"]
+    assert "self._merge_url(url)" in inspect.getsource(httpx._client.BaseClient.build_request)
+    setter = inspect.getsource(httpx._client.BaseClient.base_url.fset)  # type: ignore[union-attr]
+    assert "self._base_url = " in setter
+    assert "URL(url)" in inspect.getsource(httpx._client.BaseClient._merge_url)

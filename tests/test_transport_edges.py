@@ -242,3 +242,59 @@ async def test_unix_socket_missing_is_connect_error() -> None:
     async with ExClient(transport=ExTransport(uds="/nonexistent/http.sock")) as client:
         with pytest.raises(httpx.ConnectError):
             await client.get("http://localhost/")
+
+
+async def test_parsed_url_cache_follows_base_url(
+    port_server: PortServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Repeated URL strings are parsed once, and a new base_url is never served stale."""
+    import httpx._urls
+
+    parses: list[str] = []
+    real_urlparse = httpx._urls.urlparse
+
+    def counting_urlparse(url: str = "", **kwargs: typing.Any) -> typing.Any:
+        parses.append(url)
+        return real_urlparse(url, **kwargs)
+
+    monkeypatch.setattr(httpx._urls, "urlparse", counting_urlparse)
+    async with ExClient(base_url=port_server.url + "/one/") as client:
+        first = await client.get("x")
+        again = await client.get("x")
+        assert parses.count("x") == 1  # parsed once
+        assert first.request.url == again.request.url
+        assert first.json()["path"] == "/one/x"
+        client.base_url = port_server.url + "/two/"
+        moved = await client.get("x")
+        assert moved.json()["path"] == "/two/x"
+        assert str(moved.request.url) == port_server.url + "/two/x"
+        # Params and URL objects bypass the cache and still merge as httpx does.
+        r = await client.get("x", params={"a": "1"})
+        assert r.request.url.query == b"a=1"
+        assert (await client.get(httpx.URL(port_server.url + "/u"))).json()["path"] == "/u"
+        for n in range(300):  # bounded: older entries are dropped
+            client.build_request("GET", f"/p{n}")
+        assert len(client._merged_urls) <= 256
+
+
+async def test_request_event_cache_skips_credentials(port_server: PortServer) -> None:
+    """Validated request heads are reused, but never kept when they carry credentials."""
+    from httpx_extensions import _connection
+
+    _connection._request_events.clear()
+    async with ExClient() as client:
+        await client.get(port_server.url + "/cached")
+        await client.get(port_server.url + "/cached")
+        await client.get(port_server.url + "/secret", headers={"Authorization": "Basic eA=="})
+        await client.get(port_server.url + "/secret", headers={"Cookie": "c=v"})
+    targets = [key[1] for key in _connection._request_events]
+    assert targets == [b"/cached"]
+    assert all(
+        name.lower() not in (b"authorization", b"cookie")
+        for key in _connection._request_events
+        for name, _ in key[2]
+    )
+    for n in range(300):
+        _connection._request_event(b"GET", b"/%d" % n, [(b"Host", b"h")])
+    assert len(_connection._request_events) == 256
+    assert (b"GET", b"/299", ((b"Host", b"h"),)) in _connection._request_events

@@ -10,7 +10,8 @@ cancellation it ends at once. Nothing else of httpx's behaviour changes.
 
 httpx internals touched, all here and checked by ``tests/test_httpx_private_api.py``:
 ``AsyncClient._init_transport`` and ``AsyncClient._init_proxy_transport`` (to build our
-transport where httpx would build its own), and the ``_cookies`` attribute behind the public
+transport where httpx would build its own), ``BaseClient._merge_url`` (to parse each URL
+string once, keyed by the ``_base_url`` attribute), and the ``_cookies`` attribute behind the public
 ``cookies`` property (to skip the cookie jar for responses that set no cookie).
 """
 
@@ -37,6 +38,9 @@ _HTTP2_MESSAGE = (
 )
 
 
+_URL_CACHE_SIZE = 256
+
+
 class ExClient(httpx.AsyncClient):
     """An ``httpx.AsyncClient`` whose connections can be pinned, reserved and identity-bound.
 
@@ -59,6 +63,7 @@ class ExClient(httpx.AsyncClient):
     def __init__(self, **kwargs: typing.Any) -> None:
         if kwargs.get("http2"):
             raise HTTP2NotSupportedError(_HTTP2_MESSAGE)
+        self._merged_urls: dict[str, tuple[httpx.URL, httpx.URL]] = {}
         super().__init__(**kwargs)
         self.cookies = self.cookies  # through our setter: see _Cookies
 
@@ -70,6 +75,24 @@ class ExClient(httpx.AsyncClient):
     @cookies.setter
     def cookies(self, cookies: httpx._types.CookieTypes) -> None:
         self._cookies = _Cookies(cookies)
+
+    def _merge_url(self, url: httpx.URL | str) -> httpx.URL:
+        # httpx parses a URL string on every request (about a tenth of a request's CPU).
+        # httpx.URL is immutable, so requests for the same string under the same base_url
+        # share one parsed URL. Bounded; keyed by the base_url object, which the base_url
+        # setter replaces.
+        if not isinstance(url, str):
+            return super()._merge_url(url)
+        base = self._base_url
+        hit = self._merged_urls.get(url)
+        if hit is not None and hit[0] is base:
+            return hit[1]
+        merged = super()._merge_url(url)
+        cache = self._merged_urls
+        if len(cache) >= _URL_CACHE_SIZE:
+            cache.pop(next(iter(cache)), None)
+        cache[url] = (base, merged)
+        return merged
 
     # -- where httpx builds its transports (private httpx API, pinned <0.29) ------------------
     def _init_transport(

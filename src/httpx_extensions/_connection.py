@@ -27,6 +27,9 @@ from ._backends import AsyncioStream, stream_is_alive
 __all__ = ["Connection", "Origin", "ResponseHead"]
 
 _READ_SIZE = 64 * 1024
+_EVENT_CACHE_SIZE = 256
+_SECRET_HEADERS = frozenset([b"authorization", b"proxy-authorization", b"cookie"])
+_request_events: dict[tuple[bytes, bytes, tuple[tuple[bytes, bytes], ...]], h11.Request] = {}
 
 Origin = tuple[bytes, bytes, int]  # (scheme, host, port)
 
@@ -105,7 +108,7 @@ class Connection:
         self.received_response_bytes = False
         conn = self._h11
         write_timeout = timeouts.get("write")
-        data = conn.send(h11.Request(method=method, target=target, headers=headers))
+        data = conn.send(_request_event(method, target, headers))
         assert data is not None
         try:
             if body is None or isinstance(body, bytes):
@@ -146,12 +149,15 @@ class Connection:
                 await aclose()
         await self.stream.write(self._h11.send(h11.EndOfMessage()) or b"", write_timeout)
 
-    async def _next_event(self, read_timeout: float | None) -> h11.Event:
+    async def _next_event(self, read_timeout: float | None, read_first: bool = False) -> h11.Event:
         conn = self._h11
         while True:
-            event = conn.next_event()
-            if event is not h11.NEED_DATA:
-                return typing.cast(h11.Event, event)
+            if read_first:
+                read_first = False
+            else:
+                event = conn.next_event()
+                if event is not h11.NEED_DATA:
+                    return typing.cast(h11.Event, event)
             data = await self.stream.read(_READ_SIZE, read_timeout)
             if data:
                 self.received_response_bytes = True
@@ -162,9 +168,13 @@ class Connection:
             conn.receive_data(data)
 
     async def _receive_head(self, read_timeout: float | None) -> ResponseHead:
+        # h11 holds no received bytes yet (a connection is reused only with none left over,
+        # see _cycle), so asking it for an event before the first read would be wasted.
+        read_first = True
         try:
             while True:
-                event = await self._next_event(read_timeout)
+                event = await self._next_event(read_timeout, read_first)
+                read_first = False
                 if isinstance(event, h11.Response):
                     break
                 if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
@@ -256,6 +266,31 @@ class Connection:
                 await stream.aclose()
             except Exception:  # pragma: no cover - best effort on a dying socket
                 pass
+
+
+def _request_event(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> h11.Request:
+    """The h11 ``Request`` event for this head, validated once per distinct head.
+
+    Building the event validates every header by regular expression: about a twentieth of a
+    request's CPU. Events are immutable, so the same head (a client polling one URL, a
+    connection reused by one identity) shares one. Heads carrying credentials or cookies are
+    never kept; the cache is bounded, oldest entry out first.
+    """
+    key = (method, target, tuple(headers))
+    event = _request_events.get(key)
+    if event is not None:
+        return event
+    event = h11.Request(method=method, target=target, headers=headers)
+    for name, _ in headers:
+        if name.lower() in _SECRET_HEADERS:
+            return event
+    if len(_request_events) >= _EVENT_CACHE_SIZE:
+        try:
+            del _request_events[next(iter(_request_events))]
+        except (KeyError, RuntimeError, StopIteration):  # pragma: no cover - another thread
+            pass
+    _request_events[key] = event
+    return event
 
 
 class _ClosedH11:
