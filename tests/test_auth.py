@@ -542,3 +542,21 @@ async def test_kerberos_against_apache(kdc: typing.Any, apache: typing.Any) -> N
             assert response.extensions["auth_mechanism"] == "kerberos"
         cb = await client.get(apache.urls["krb_cb"], auth=KerberosAuth())
         assert cb.status_code == 200
+
+
+def test_identity_is_shared_per_target_and_hashes_by_value() -> None:
+    """One auth object reuses its identity per SPN (the pool compares by ``is`` first);
+    equal identities of two auth objects are equal and hash alike, so they share
+    connections; another password or target is another identity."""
+    from httpx_extensions._flow import AuthIdentity
+
+    one = NTLMAuth("EXAMPLE\\alice", "pw-1")
+    two = NTLMAuth("EXAMPLE\\alice", "pw-1")
+    other = NTLMAuth("EXAMPLE\\alice", "pw-2")
+    a = one._identity("HTTP@web")
+    assert one._identity("HTTP@web") is a
+    assert two._identity("HTTP@web") == a and hash(two._identity("HTTP@web")) == hash(a)
+    assert other._identity("HTTP@web") != a
+    assert one._identity("HTTP@api") != a
+    copy = AuthIdentity(a.scheme, a.principal, a.target, a.credential, a.proxy)
+    assert copy == a and hash(copy) == hash(a) and {copy: 1}[a] == 1

@@ -65,6 +65,7 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
         self.requires_request_body = buffer_body
         self._dns = LRU(1024)
         self._pool_aware: bool | None = None
+        self._identities: dict[str, AuthIdentity] = {}
 
     def __repr__(self) -> str:
         who = self._credential.principal or "<current user>"

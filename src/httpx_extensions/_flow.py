@@ -73,6 +73,14 @@ class AuthIdentity:
     credential: str = ""
     proxy: bool = False
 
+    def __post_init__(self) -> None:
+        # The pool hashes the identity several times per request: compute it once.
+        fields = (self.scheme, self.principal, self.target, self.credential, self.proxy)
+        object.__setattr__(self, "_hash", hash(fields))
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined,no-any-return]
+
 
 class Job:
     """Work the flow needs done outside itself; ``blocking`` jobs run in a worker thread."""
@@ -104,6 +112,10 @@ class LRU:
                 self._data.move_to_end(key)
             return value
 
+    def peek(self, key: Any) -> Any:
+        """``get`` without refreshing the entry: lock-free (one dict read), for hot paths."""
+        return self._data.get(key)
+
     def put(self, key: Any, value: Any) -> None:
         with self._lock:
             self._data[key] = value
@@ -127,6 +139,7 @@ class FlowMixin:
     _channel_binding: bool
     _mutual: bool
     _pool_aware: bool | None
+    _identities: dict[str, AuthIdentity]
     max_legs: int
 
     def _choose(
@@ -156,13 +169,7 @@ class FlowMixin:
         target = self._target_nowait(host)
         if target is None:
             target = yield Job(partial(self._resolve, host), blocking=True)
-        identity = AuthIdentity(
-            self._kind,
-            self._credential.principal,
-            str(target),
-            self._credential.fingerprint,
-            self._proxy is not None,
-        )
+        identity = self._identity(str(target))
         _set_ext(request, identity=identity)
         if not _replayable(request):
             raise RequestBodyNotReplayableError(
@@ -198,6 +205,9 @@ class FlowMixin:
             self._pool_aware = "conn_id" in ext
             if not _same_origin(request, response):
                 return  # a redirect inside the leg ended elsewhere: not ours to answer
+            if ctx is None and response.status_code != status:
+                self._note_reuse(response, identity)  # the common case: no challenge
+                return
             challenges = parse_challenges(response.headers.get_list(challenge_header))
             closing = "close" in response.headers.get("connection", "").lower()
             # Decide what to send next: `break` sends, `return` ends, `continue` re-decides.
@@ -335,9 +345,31 @@ class FlowMixin:
             " (Negotiate fell back to NTLM)" if fallback else "",
         )  # fmt: skip
 
+    def _identity(self, target: str) -> AuthIdentity:
+        """This auth object's identity for ``target``: one shared instance per target, so
+        the pool's lookups by identity compare by ``is``."""
+        identities = self._identities
+        identity = identities.get(target)
+        if identity is None:
+            identity = AuthIdentity(
+                self._kind,
+                self._credential.principal,
+                target,
+                self._credential.fingerprint,
+                self._proxy is not None,
+            )
+            if len(identities) >= _CACHE_SIZE:
+                identities.clear()
+            identities[target] = identity
+        return identity
+
     def _note_reuse(self, response: httpx.Response, identity: AuthIdentity) -> None:
-        info = _CONNS.get((response.extensions.get("conn_id"), identity))
-        if info is not None and response.extensions.get("conn_tagged"):
+        ext = response.extensions
+        if not ext.get("conn_tagged"):
+            return
+        # peek: every reused request passes here; the entry was refreshed by its handshake.
+        info = _CONNS.peek((ext.get("conn_id"), identity))
+        if info is not None:
             _set_response_ext(response, info.mechanism)
 
     def _reauth_in_place(self, conn_id: Any, identity: AuthIdentity) -> bool:
@@ -358,7 +390,7 @@ def _set_ext(request: httpx.Request, **values: Any) -> None:
 
 
 def _set_response_ext(response: httpx.Response, mechanism: str) -> None:
-    if isinstance(response.extensions, MutableMapping):
+    if type(response.extensions) is dict or isinstance(response.extensions, MutableMapping):
         response.extensions["auth_mechanism"] = mechanism
     else:  # pragma: no cover - httpx always uses a dict
         response.extensions = {**response.extensions, "auth_mechanism": mechanism}
@@ -389,8 +421,10 @@ def _replayable(request: httpx.Request) -> bool:
 
 def _same_origin(request: httpx.Request, response: httpx.Response) -> bool:
     try:
-        other = response.request.url
+        other_request = response.request
     except RuntimeError:
         return True
-    url = request.url
+    if other_request is request:
+        return True
+    other, url = other_request.url, request.url
     return (other.scheme, other.host, other.port) == (url.scheme, url.host, url.port)
