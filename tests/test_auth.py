@@ -560,3 +560,50 @@ def test_identity_is_shared_per_target_and_hashes_by_value() -> None:
     assert one._identity("HTTP@api") != a
     copy = AuthIdentity(a.scheme, a.principal, a.target, a.credential, a.proxy)
     assert copy == a and hash(copy) == hash(a) and {copy: 1}[a] == 1
+
+
+@pytest.mark.anyio
+async def test_handshake_on_a_new_connection_skips_the_anonymous_round_trip() -> None:
+    """Once an origin wanted NTLM, a flow that lands on a connection not yet authenticated
+    sends its first token with the request itself: 2 requests per handshake, not 3. An
+    authenticated connection still gets no Authorization at all."""
+    from httpx_extensions import ExClient
+
+    with AuthServer(users={"alice": "pw"}, domain="EXAMPLE", scheme="ntlm") as server:
+        auth = NTLMAuth("EXAMPLE\\alice", "pw")
+        async with ExClient(auth=auth) as client:
+            first = await client.get(server.url + "/")
+            assert first.status_code == 200
+            assert (server.requests, server.handshakes) == (3, 2)  # probe, type 1, type 3
+            server.reset_counters()
+            fresh = await client.get(server.url + "/", extensions={"new_connection": True})
+            assert fresh.status_code == 200 and fresh.json()["user"].lower().endswith("alice")
+            assert fresh.extensions["conn_id"] != first.extensions["conn_id"]
+            assert fresh.extensions["auth_mechanism"] == "ntlm"
+            assert (server.requests, server.handshakes, server.connections) == (2, 2, 1)
+            server.reset_counters()
+            again = await client.get(server.url + "/")
+            assert again.status_code == 200 and again.extensions["conn_tagged"]
+            assert (server.requests, server.handshakes, server.connections) == (1, 0, 0)
+            assert "Authorization" not in again.request.headers
+
+
+def test_first_token_hook_only_for_its_request_on_an_unauthenticated_connection() -> None:
+    """The before_send hook adds a token only for the request it was made for (never a
+    redirect's) and only on a connection not already authenticated as its identity."""
+    from httpx_extensions._flow import _Preflight
+    from httpx_extensions._spnego import Target
+    from httpx_extensions._transport import ConnectionFacts
+
+    auth = NTLMAuth("EXAMPLE\\alice", "pw")
+    request = httpx.Request("GET", "http://web.example/")
+    hook = _Preflight(auth, ("NTLM", "ntlm"), Target("HTTP", "web.example"), request)
+    stream = typing.cast(typing.Any, None)
+    redirect = httpx.Request("GET", "http://elsewhere.example/")
+    assert hook(redirect, ConnectionFacts("conn-1", False, stream)) is None
+    assert hook(request, ConnectionFacts("conn-1", True, stream)) is None
+    assert hook.ctx is None
+    headers = hook(request, ConnectionFacts("conn-2", False, stream))
+    assert headers is not None and headers[0][0] == b"Authorization"
+    assert headers[0][1].startswith(b"NTLM TlRMTVNTUAAB")  # an NTLM NEGOTIATE message
+    assert hook.ctx is not None and hook.conn_id == "conn-2"

@@ -66,6 +66,7 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
         self._dns = LRU(1024)
         self._pool_aware: bool | None = None
         self._identities: dict[str, AuthIdentity] = {}
+        self._handshaken: dict[tuple[str, str, int | None], tuple[str, str]] = {}
 
     def __repr__(self) -> str:
         who = self._credential.principal or "<current user>"

@@ -21,6 +21,11 @@ A flow, per docs/internals.md (the pool/auth contract):
 5. During a handshake: a 401 with a token continues; a bare 401 means the server refused
    the credentials; any other status ends it, after the server's final token is verified.
 
+Once this auth object completed a connection-bound NTLM handshake with an origin, step 1
+also sets a ``before_send`` hook: if the pool hands the request a connection not yet
+authenticated as us, the hook starts the handshake there, in that same request (case 5
+follows), saving the anonymous round trip that would only fetch a 401.
+
 The flow never knows about pools: it reads and writes extension keys only. A plain
 ``httpx.AsyncClient`` reports no ``conn_id``: then the flow sends its first token with the
 first request (proactive) where no channel binding is needed before the connection is
@@ -140,6 +145,7 @@ class FlowMixin:
     _mutual: bool
     _pool_aware: bool | None
     _identities: dict[str, AuthIdentity]
+    _handshaken: dict[tuple[str, str, int | None], tuple[str, str]]
     max_legs: int
 
     def _choose(
@@ -182,7 +188,15 @@ class FlowMixin:
         ctx: SecurityContext | None = None
         scheme = ""
         conn_id: Any = None
+        preflight: _Preflight | None = None
         proactive = self._proactive_choice(request)
+        if proactive is None and self._pool_aware and self._proxy is None:
+            known = self._handshaken.get(_origin(request.url))
+            if known is not None:
+                # This origin wanted our handshake before: if the pool hands this request a
+                # connection not yet authenticated as us, start the handshake right there.
+                preflight = _Preflight(self, known, target, request)
+                _set_ext(request, before_send=preflight)
         if proactive is not None:
             scheme, protocol = proactive
             try:
@@ -203,6 +217,12 @@ class FlowMixin:
             response = yield request
             ext = response.extensions
             self._pool_aware = "conn_id" in ext
+            if preflight is not None:
+                _set_ext(request, before_send=None)
+                if preflight.ctx is not None:  # the transport sent its token: a handshake
+                    ctx, conn_id = preflight.ctx, preflight.conn_id
+                    scheme, _ = proactive = preflight.choice
+                preflight = None
             if not _same_origin(request, response):
                 return  # a redirect inside the leg ended elsewhere: not ours to answer
             if ctx is None and response.status_code != status:
@@ -222,7 +242,7 @@ class FlowMixin:
                         )  # the server never asked: nothing to verify
                         return
                     if response.status_code != status:
-                        yield from self._finish(ctx, in_token, response, request, identity)
+                        yield from self._finish(ctx, in_token, response, request, identity, scheme)
                         return
                     if in_token is None and (proactive is not None or moved):
                         ctx, proactive = None, None  # decide afresh on this bare challenge
@@ -308,6 +328,7 @@ class FlowMixin:
         response: httpx.Response,
         request: httpx.Request,
         identity: AuthIdentity,
+        scheme: str,
     ) -> Generator[Job, Any, None]:
         """Case 5, last leg: verify the server's final token, record and report the result."""
         if in_token is not None and not ctx.complete:
@@ -337,6 +358,11 @@ class FlowMixin:
         conn_id = response.extensions.get("conn_id")
         if conn_id is not None:
             _CONNS.put((conn_id, identity), _ConnInfo(mechanism, persistent))
+            if response.status_code < 400 and persistent and not ctx.blocking:
+                handshaken = self._handshaken
+                if len(handshaken) >= _CACHE_SIZE:
+                    handshaken.clear()
+                handshaken[_origin(request.url)] = (scheme, ctx.protocol)
         _set_response_ext(response, mechanism)
         fallback = self._kind == "negotiate" and mechanism == "ntlm" and KERBEROS_AVAILABLE
         log.debug(
@@ -376,6 +402,60 @@ class FlowMixin:
         """Whether a tagged connection that answered 401 may be re-authenticated in place."""
         info = _CONNS.get((conn_id, identity))
         return info is not None and not info.persistent
+
+
+class _Preflight:
+    """A ``before_send`` hook (docs/internals.md): the first token, on the chosen connection.
+
+    Set on the first request of a flow to an origin where this auth object completed a
+    connection-bound, non-blocking (NTLM) handshake before. When the pool picks a connection
+    not yet authenticated as this identity (a new one, typically), the hook creates the
+    security context for *that* connection (its certificate for channel bindings) and adds
+    the first token to the request: the anonymous round trip that would only fetch a 401
+    is saved. On a connection already authenticated as us it adds nothing.
+    """
+
+    __slots__ = ("auth", "choice", "conn_id", "ctx", "request", "target")
+
+    def __init__(
+        self, auth: FlowMixin, choice: tuple[str, str], target: Target, request: httpx.Request
+    ) -> None:
+        self.auth = auth
+        self.choice = choice
+        self.target = target
+        self.request = request
+        self.ctx: SecurityContext | None = None
+        self.conn_id: Any = None
+
+    def __call__(self, request: httpx.Request, facts: Any) -> list[tuple[bytes, bytes]] | None:
+        if request is not self.request or facts.tagged:
+            return None  # a redirect's request, or a connection authenticated as us
+        scheme, protocol = self.choice
+        auth = self.auth
+        cert = peer_certificate(facts.network_stream) if auth._channel_binding else None
+        try:
+            ctx = auth._context(protocol, self.target, cert, request)
+            if ctx.blocking:
+                return None  # never block the event loop: the flow's own path runs it
+            token = ctx.step(None)
+        except AuthenticationError as exc:  # best effort: the flow goes the anonymous way
+            log.debug("no first token for %s: %s", self.target, type(exc).__name__)
+            return None
+        if not token:
+            return None
+        self.ctx, self.conn_id = ctx, facts.conn_id
+        log.debug(
+            "starting %s handshake (%s) for %s, SPN %s, conn %s, channel binding %s, "
+            "without an anonymous round trip",
+            scheme, protocol, auth._credential.principal or "current user", self.target,
+            facts.conn_id, cert is not None,
+        )  # fmt: skip
+        value = f"{scheme} {base64.b64encode(token).decode()}".encode()
+        return [(b"Authorization", value)]
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return (url.scheme, url.host, url.port)
 
 
 def _set_ext(request: httpx.Request, **values: Any) -> None:

@@ -29,7 +29,7 @@ from ._connection import Connection, Origin
 from ._exceptions import HTTP2NotSupportedError
 from ._pool import Pool, PoolState, current_flow
 
-__all__ = ["ExTransport"]
+__all__ = ["ConnectionFacts", "ExTransport"]
 
 logger = logging.getLogger("httpx_extensions")
 
@@ -214,9 +214,19 @@ class ExTransport(httpx.AsyncBaseTransport):
             if ext.get("reserve"):
                 pool.reserve(conn)
             reused = conn.requests > 0
+            send_headers = headers
+            before_send = ext.get("before_send")
+            if before_send is not None:
+                try:
+                    extra = before_send(request, ConnectionFacts(conn.conn_id, tagged, conn.stream))
+                except BaseException:
+                    conn.done(True)  # nothing was sent: the connection is as it was
+                    raise
+                if extra:
+                    send_headers = headers + extra
             try:
                 try:
-                    head = await conn.send(method, target, headers, body, timeouts)
+                    head = await conn.send(method, target, send_headers, body, timeouts)
                 except _MAPPED as exc:
                     raise _map_error(exc, request) from exc
             except BaseException as exc:
@@ -332,6 +342,17 @@ class ExTransport(httpx.AsyncBaseTransport):
                 f"{event.reason.decode('latin-1')}"
             )
         return stream
+
+
+class ConnectionFacts(typing.NamedTuple):
+    """What a ``before_send`` hook learns of the connection chosen for its request."""
+
+    #: The connection's id (as ``response.extensions["conn_id"]`` will be).
+    conn_id: str
+    #: The connection already carried this request's ``identity`` (see docs/internals.md).
+    tagged: bool
+    #: The connection's ``httpcore.AsyncNetworkStream`` (TLS details for channel bindings).
+    network_stream: httpcore.AsyncNetworkStream
 
 
 def _absolute_target(url: httpx.URL) -> bytes:
