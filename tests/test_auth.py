@@ -607,3 +607,56 @@ def test_first_token_hook_only_for_its_request_on_an_unauthenticated_connection(
     assert headers is not None and headers[0][0] == b"Authorization"
     assert headers[0][1].startswith(b"NTLM TlRMTVNTUAAB")  # an NTLM NEGOTIATE message
     assert hook.ctx is not None and hook.conn_id == "conn-2"
+
+
+def test_first_token_hook_gives_way_when_it_cannot_make_a_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No token from the hook (the flow then probes anonymously) when the context would
+    block the event loop, fails to build, or yields nothing."""
+    from httpx_extensions._flow import _Preflight
+    from httpx_extensions._spnego import Target
+    from httpx_extensions._transport import ConnectionFacts
+
+    auth = NTLMAuth("EXAMPLE\\alice", "pw")
+    request = httpx.Request("GET", "http://web.example/")
+    facts = ConnectionFacts("conn-1", False, typing.cast(typing.Any, None))
+
+    class Ctx:
+        def __init__(self, blocking: bool, token: bytes | None) -> None:
+            self.blocking, self._token = blocking, token
+
+        def step(self, _: object) -> bytes | None:
+            return self._token
+
+    def fails(*_: object) -> typing.NoReturn:
+        raise httpx_extensions.NoCredentialsError("no ticket", request=request)
+
+    for context in (
+        lambda *_: Ctx(blocking=True, token=b"t"),
+        lambda *_: Ctx(blocking=False, token=b""),
+        fails,
+    ):
+        monkeypatch.setattr(auth, "_context", context)
+        hook = _Preflight(auth, ("NTLM", "ntlm"), Target("HTTP", "web.example"), request)
+        assert hook(request, facts) is None and hook.ctx is None
+
+
+@pytest.mark.anyio
+async def test_before_send_hook_that_raises_leaves_the_pool_whole() -> None:
+    """An exception from a before_send hook reaches the caller; the connection it was
+    about to use goes back to the pool unharmed and serves the next request."""
+    from httpx_extensions import ExClient
+
+    def boom(request: httpx.Request, facts: typing.Any) -> None:
+        raise RuntimeError("hook failed")
+
+    with AuthServer(users={"alice": "pw"}, domain="EXAMPLE", scheme="ntlm") as server:
+        async with ExClient(limits=httpx.Limits(max_connections=1)) as client:
+            first = await client.get(server.url + "/anon")
+            with pytest.raises(RuntimeError, match="hook failed"):
+                await client.get(server.url + "/anon", extensions={"before_send": boom})
+            state = client.pool_state()
+            assert (state.active, state.reserved, state.idle) == (0, 0, 1)
+            again = await client.get(server.url + "/anon")
+            assert again.extensions["conn_id"] == first.extensions["conn_id"]
