@@ -42,7 +42,7 @@ from collections import OrderedDict
 from collections.abc import Generator, MutableMapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple
 
 import httpx
 
@@ -56,6 +56,9 @@ from ._exceptions import (
 )
 from ._headers import Challenge, find_challenge, parse_challenges, persistent_auth
 from ._spnego import KERBEROS_AVAILABLE, Credential, SecurityContext, Target, peer_certificate
+
+if TYPE_CHECKING:  # the hook's argument type only: the flow does not depend on the transport
+    from ._transport import ConnectionFacts
 
 __all__ = ["AuthIdentity", "FlowMixin", "Job", "LRU"]
 
@@ -307,7 +310,7 @@ class FlowMixin:
             raise HandshakeError(
                 f"the {scheme} security context produced no token to send", request=request
             )
-        request.headers[self._auth_header] = f"{scheme} {base64.b64encode(token).decode()}"
+        request.headers[self._auth_header] = _credentials(scheme, token)
         _set_ext(request, conn_id=conn_id, new_connection=None)
 
     def _restart_or_raise(self, restarted: bool, request: httpx.Request, target: Target) -> bool:
@@ -427,7 +430,9 @@ class _Preflight:
         self.ctx: SecurityContext | None = None
         self.conn_id: Any = None
 
-    def __call__(self, request: httpx.Request, facts: Any) -> list[tuple[bytes, bytes]] | None:
+    def __call__(
+        self, request: httpx.Request, facts: ConnectionFacts
+    ) -> list[tuple[bytes, bytes]] | None:
         if request is not self.request or facts.tagged:
             return None  # a redirect's request, or a connection authenticated as us
         scheme, protocol = self.choice
@@ -450,8 +455,12 @@ class _Preflight:
             scheme, protocol, auth._credential.principal or "current user", self.target,
             facts.conn_id, cert is not None,
         )  # fmt: skip
-        value = f"{scheme} {base64.b64encode(token).decode()}".encode()
-        return [(b"Authorization", value)]
+        return [(auth._auth_header.encode(), _credentials(scheme, token).encode())]
+
+
+def _credentials(scheme: str, token: bytes) -> str:
+    """The value of an Authorization header carrying ``token``: never log it."""
+    return f"{scheme} {base64.b64encode(token).decode()}"
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
