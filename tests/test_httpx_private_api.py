@@ -88,3 +88,15 @@ def test_merge_url_is_where_build_request_parses() -> None:
     setter = inspect.getsource(httpx._client.BaseClient.base_url.fset)  # type: ignore[union-attr]
     assert "self._base_url = " in setter
     assert "URL(url)" in inspect.getsource(httpx._client.BaseClient._merge_url)
+
+
+def test_transport_for_url_routes_requests() -> None:
+    """ExClient.send asks ``_transport_for_url`` which transport a request will use (to hold
+    it at that pool's admission), and httpx's own send path asks the same method."""
+    assert "self._transport_for_url(request.url)" in inspect.getsource(
+        httpx.AsyncClient._send_single_request
+    )
+    plain = httpx.AsyncHTTPTransport()
+    client = ExClient(mounts={"http://mounted.invalid": plain})
+    assert client._transport_for_url(httpx.URL("http://mounted.invalid/x")) is plain
+    assert isinstance(client._transport_for_url(httpx.URL("http://other.invalid/")), ExTransport)

@@ -6,13 +6,18 @@ Each ``send()`` opens a *flow* (a context variable read by our transport). While
 lasts, the connection that served its last leg stays reserved for it, and the next leg (an
 auth round trip of *any* ``httpx.Auth``, or a redirect) is pinned there. The flow ends when
 ``send()`` returns, or for ``stream=True`` when the response is closed; on any exception or
-cancellation it ends at once. Nothing else of httpx's behaviour changes.
+cancellation it ends at once. Beyond ``max_connections`` flows of one pool, a ``send()``
+waits for its turn before going down httpx's call chain (``_admission``: FIFO, counted as
+pool waiting), so a deep queue costs little memory and no garbage-collector time. Nothing
+else of httpx's behaviour changes.
 
 httpx internals touched, all here and checked by ``tests/test_httpx_private_api.py``:
 ``AsyncClient._init_transport`` and ``AsyncClient._init_proxy_transport`` (to build our
 transport where httpx would build its own), ``BaseClient._merge_url`` (to parse each URL
-string once, keyed by the ``_base_url`` attribute), and the ``_cookies`` attribute behind the public
-``cookies`` property (to skip the cookie jar for responses that set no cookie).
+string once, keyed by the ``_base_url`` attribute), ``BaseClient._transport_for_url`` (to
+hold a flow at its pool's admission, see ``_admission``), and the ``_cookies`` attribute
+behind the public ``cookies`` property (to skip the cookie jar for responses that set no
+cookie).
 """
 
 from __future__ import annotations
@@ -156,7 +161,15 @@ class ExClient(httpx.AsyncClient):
         See ``httpx.AsyncClient.send``; the connection reserved for the flow is released when
         this returns, or, with ``stream=True``, when the response is closed.
         """
-        flow = Flow()
+        admission = None
+        if current_flow.get() is None:  # not nested in a send of this task: see _admission
+            transport = self._transport_for_url(request.url)
+            if isinstance(transport, ExTransport):
+                admission, on_asyncio = transport.admission()
+                if admission is not None and not admission.enter_nowait():
+                    timeouts = request.extensions.get("timeout") or {}
+                    await admission.enter(timeouts.get("pool"), on_asyncio, request)
+        flow = Flow(admission)
         token = current_flow.set(flow)
         try:
             response = await super().send(

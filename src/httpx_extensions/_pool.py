@@ -47,6 +47,9 @@ import typing
 import httpcore
 
 from ._connection import Connection, Origin
+
+if typing.TYPE_CHECKING:
+    from ._admission import Admission
 from ._waiters import GONE, SLOT, Gone, Result, Slot, Waiter, enqueue, pop_live
 
 __all__ = ["Flow", "Pool", "PoolState", "current_flow"]
@@ -64,17 +67,25 @@ Opener = typing.Callable[[str, Origin, typing.Union[float, None]], typing.Awaita
 class Flow:
     """The legs of one ``ExClient.send()``: it holds at most one reserved connection."""
 
-    __slots__ = ("active", "reserved", "pool")
+    __slots__ = ("active", "reserved", "pool", "admission")
 
-    def __init__(self) -> None:
+    def __init__(self, admission: Admission | None = None) -> None:
         self.active = True
         self.reserved: Connection | None = None
         self.pool: Pool | None = None
+        #: The place this flow holds in its pool's admission, given back when it ends.
+        self.admission = admission
 
     def end(self) -> None:
-        """End the flow: its reservation, if any, is released at once (synchronously)."""
+        """End the flow: its reservation, if any, is released at once (synchronously).
+
+        Idempotent: the admission place is given back once."""
         self.active = False
         self.release_reservation()
+        admission = self.admission
+        if admission is not None:
+            self.admission = None
+            admission.leave()
 
     def release_reservation(self) -> None:
         """Give back the connection this flow holds reserved, if any."""

@@ -16,6 +16,7 @@ a ``CONNECT`` tunnel, one connection per target origin.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import ssl
 import typing
@@ -24,6 +25,7 @@ import h11
 import httpcore
 import httpx
 
+from ._admission import Admission
 from ._backends import AsyncioStream, backend_for_current_loop
 from ._connection import Connection, Origin
 from ._exceptions import HTTP2NotSupportedError
@@ -131,6 +133,9 @@ class ExTransport(httpx.AsyncBaseTransport):
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
         )
+        self._admission = (
+            Admission(limits.max_connections) if limits.max_connections is not None else None
+        )
         if self._proxy is not None:
             # Drop-in compatibility: code (httpx's own tests among it) reads the proxy URL
             # of a transport as ``transport._pool._proxy_url``, as httpcore names it.
@@ -143,7 +148,15 @@ class ExTransport(httpx.AsyncBaseTransport):
     # -- public helpers used by ExClient -----------------------------------------------------
     def pool_state(self) -> PoolState:
         """Counts of connections by state and of queued requests."""
-        return self._pool.state()
+        state = self._pool.state()
+        if self._admission is not None:
+            state = dataclasses.replace(state, queued=state.queued + self._admission.queued)
+        return state
+
+    def admission(self) -> tuple[Admission | None, bool]:
+        """The admission of this transport's pool (None: unlimited), and whether the running
+        loop is asyncio. ExClient.send holds flows there; see ``_admission``."""
+        return self._admission, self._get_pool().on_asyncio
 
     def release(self, conn_id: str) -> bool:
         """End any reservation of ``conn_id``; False if this transport has no such connection."""
