@@ -8,7 +8,9 @@ What it does, in one process run:
 * starts an MIT KDC and Apache (``tests/servers``, as root) and uses ``/ntlm-cb/``
   (gss-ntlmssp, ``GssapiConnectionBound On``) and ``/anon/``; or, with
   ``--server embedded``, the pure-Python ``httpx_extensions.testing.AuthServer``;
-* columns: ExClient unauthenticated on ``/anon/`` (the baseline), ExClient + NTLMAuth,
+* columns: ExClient unauthenticated on ``/anon/`` (the baseline), ExClient + NegotiateAuth
+  (the column the targets apply to: Negotiate with ``DOMAIN\\user`` and a password, which
+  falls back to NTLM there), ExClient + NTLMAuth,
   requests + requests-ntlm on 10 and on 100 threads (a Session per thread),
   httpx.AsyncClient + httpx-ntlm, aiohttp + aiohttp-ntlm (a middleware);
 * per run: ``--requests`` GETs by ``--concurrency`` workers pulling from one counter, on a
@@ -45,10 +47,11 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
-from httpx_extensions import ExClient, NTLMAuth  # noqa: E402
+from httpx_extensions import ExClient, NegotiateAuth, NTLMAuth  # noqa: E402
 
 BASELINE = "ExClient anon"
-OURS = "ExClient+NTLMAuth"
+OURS = "ExClient+NegotiateAuth"
+OURS_NTLM = "ExClient+NTLMAuth"
 Result = tuple[int, int]  # (requests done, failures)
 REQ10 = "requests-ntlm x10"
 REQ100 = "requests-ntlm x100"
@@ -162,11 +165,11 @@ async def _workers(n: int, concurrency: int, get: Callable[[], Awaitable[bool]])
     return n - left, failures
 
 
-def run_exclient(t: Target, n: int, concurrency: int, auth: bool) -> Result:
+def run_exclient(t: Target, n: int, concurrency: int, pool: int, auth: type | None) -> Result:
     async def go() -> Result:
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
         url = t.auth_url if auth else t.anon_url
-        credentials = NTLMAuth(t.username, t.password) if auth else None
+        credentials = auth(t.username, t.password) if auth else None
         async with ExClient(limits=limits, timeout=30) as client:
 
             async def get() -> bool:
@@ -251,10 +254,11 @@ def run_requests_ntlm(t: Target, n: int, threads: int) -> Result:
 
 def columns(args: argparse.Namespace) -> dict[str, Runner]:
     """Column name -> runner(target, n); columns whose package is missing are left out."""
-    c = args.concurrency
+    c, p = args.concurrency, args.pool or args.concurrency
     found: dict[str, Runner] = {
-        BASELINE: lambda t, n: run_exclient(t, n, c, auth=False),
-        OURS: lambda t, n: run_exclient(t, n, c, auth=True),
+        BASELINE: lambda t, n: run_exclient(t, n, c, p, auth=None),
+        OURS: lambda t, n: run_exclient(t, n, c, p, auth=NegotiateAuth),
+        OURS_NTLM: lambda t, n: run_exclient(t, n, c, p, auth=NTLMAuth),
         REQ10: lambda t, n: run_requests_ntlm(t, n, 10),
         REQ100: lambda t, n: run_requests_ntlm(t, n, 100),
         HTTPX_NTLM: lambda t, n: run_httpx_ntlm(t, n, c),
@@ -295,8 +299,9 @@ def report(runs: list[Run], names: list[str], args: argparse.Namespace) -> bool:
         return float(statistics.median(getattr(r, field) for r in runs if r.column == name))
 
     print(
-        f"\n{args.requests} GETs per run, concurrency {args.concurrency}, {args.rounds} "
-        f"interleaved rounds, medians; server: {args.server}"
+        f"\n{args.requests} GETs per run, concurrency {args.concurrency}, ExClient pool "
+        f"{args.pool or args.concurrency}, {args.rounds} interleaved rounds, medians; "
+        f"server: {args.server}"
     )
     header = f"{'client':22} {'req/s':>8} {'failures':>9} {'handshakes':>11} {'CPU us/req':>11}"
     print(header)
@@ -330,6 +335,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=5000, help="GETs per run (5000)")
     parser.add_argument("--concurrency", type=int, default=100, help="workers (100)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
+    parser.add_argument(
+        "--pool", type=int, default=0,
+        help="ExClient max_connections (default: the concurrency, as httpx-ntlm and aiohttp)",
+    )  # fmt: skip
     parser.add_argument(
         "--server", choices=("apache", "embedded"), default="apache",
         help="real KDC + Apache as root (default), or the embedded AuthServer",

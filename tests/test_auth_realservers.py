@@ -9,6 +9,7 @@ log audit (10) are in ``test_auth_realservers_load.py``.
 from __future__ import annotations
 
 import subprocess
+import typing
 from collections import Counter
 from pathlib import Path
 
@@ -107,6 +108,75 @@ async def test_logon_shows_user_and_mechanism(
         assert response.extensions["auth_mechanism"] == mechanism
     assert again.extensions["conn_id"] == first.extensions["conn_id"]
     assert again.extensions["conn_tagged"] is True
+
+
+@pytest.mark.anyio
+async def test_negotiate_asks_the_kdc_once_when_kerberos_cannot_work(
+    kdc: Kdc, apache: Apache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NegotiateAuth('EXAMPLE\\bob', password): realm EXAMPLE has no KDC, so Kerberos fails and
+    Negotiate falls back to NTLM. Of 12 concurrent handshakes only the first may try Kerberos
+    (a KDC or DNS lookup that can take seconds); the rest go straight to NTLM, and all log on."""
+    from httpx_extensions import _spnego
+
+    tried_kerberos: list[bool] = []
+    original = _spnego.Credential.for_spnego
+
+    def recording(self: _spnego.Credential, protocol: str, target: typing.Any = None) -> typing.Any:
+        creds = original(self, protocol, target)
+        if protocol == "negotiate":
+            tried_kerberos.append(any(type(c).__name__ == "Password" for c in creds))
+        return creds
+
+    monkeypatch.setattr(_spnego.Credential, "for_spnego", recording)
+    auth = NegotiateAuth(ntlm_user(apache, "bob"), kdc.users["bob"])
+    limits = httpx.Limits(max_connections=12, max_keepalive_connections=12)
+    responses: list[httpx.Response] = []
+    async with ExClient(limits=limits) as client:
+
+        async def one() -> None:
+            responses.append(await client.get(apache.urls["negotiate_cb"], auth=auth))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(12):
+                tg.start_soon(one)
+    assert len(responses) == 12
+    assert {r.headers["X-Remote-User"] for r in responses} == {"EXAMPLE\\bob"}
+    assert {r.extensions["auth_mechanism"] for r in responses} == {"ntlm"}
+    assert len({r.extensions["conn_id"] for r in responses}) == 12  # 12 handshakes
+    assert len(tried_kerberos) == 12
+    assert sum(tried_kerberos) == 1, tried_kerberos  # one probe; the others waited for it
+    target = _spnego.Target("HTTP", httpx.URL(apache.urls["negotiate_cb"]).host)
+    assert auth._credential.kerberos_known_unusable(target)
+    # Only for that SPN, and only for a while: then Kerberos is tried again.
+    assert not auth._credential.kerberos_known_unusable(_spnego.Target("HTTP", "other.test"))
+    monkeypatch.setattr(_spnego, "KERBEROS_RETRY_SECONDS", -1)
+    auth._credential.note_kerberos(target, usable=False)
+    assert not auth._credential.kerberos_known_unusable(target)
+
+
+@pytest.mark.anyio
+async def test_negotiate_with_a_kerberos_password_keeps_kerberos(kdc: Kdc, apache: Apache) -> None:
+    """NegotiateAuth('bob@EXAMPLE.TEST', password): the first handshake finds Kerberos works;
+    concurrent ones then use it too (in parallel), none falls back to NTLM."""
+    from httpx_extensions import _spnego
+
+    auth = NegotiateAuth(kdc.principal("bob"), kdc.users["bob"])
+    limits = httpx.Limits(max_connections=6, max_keepalive_connections=6)
+    responses: list[httpx.Response] = []
+    async with ExClient(limits=limits) as client:
+
+        async def one() -> None:
+            responses.append(await client.get(apache.urls["krb_cb"], auth=auth))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(6):
+                tg.start_soon(one)
+    assert {r.headers["X-Remote-User"] for r in responses} == {"bob@EXAMPLE.TEST"}
+    assert {r.extensions["auth_mechanism"] for r in responses} == {"kerberos"}
+    target = _spnego.Target("HTTP", httpx.URL(apache.urls["krb_cb"]).host)
+    assert auth._credential.kerberos_known_usable(target)
+    assert not auth._credential.kerberos_known_unusable(target)
 
 
 # -- item 5: SPN of the alias host, overrides, canonicalization ----------------------------------

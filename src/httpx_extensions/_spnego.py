@@ -33,6 +33,7 @@ import re
 import socket
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +67,11 @@ KERBEROS_AVAILABLE: bool = sys.platform == "win32" or (
     importlib.util.find_spec("gssapi") is not None and importlib.util.find_spec("krb5") is not None
 )
 _FINGERPRINT_KEY = os.urandom(32)
+#: After Kerberos failed for a password and SPN (no KDC for the realm, unknown principal or
+#: SPN), Negotiate skips it for this long, then tries again (the KDC may be back).
+KERBEROS_RETRY_SECONDS = 60
+
+logger = logging.getLogger("httpx_extensions.auth")
 
 #: pyspnego's loggers that write whole tokens (base64) at DEBUG.
 _TOKEN_LOGGERS = (
@@ -116,7 +122,18 @@ class Credential:
             username that already names a domain: pass the user in one form only.
     """
 
-    __slots__ = ("_hashes", "_lock", "_password", "domain", "fingerprint", "user", "upn")
+    __slots__ = (
+        "_hashes",
+        "_lock",
+        "_kerberos_ok",
+        "_no_kerberos",
+        "_password",
+        "probe_lock",
+        "domain",
+        "fingerprint",
+        "user",
+        "upn",
+    )
 
     def __init__(
         self, username: str | None = None, password: str | None = None, domain: str | None = None
@@ -139,6 +156,11 @@ class Credential:
         self._password = password
         self._hashes: str | None = None
         self._lock = threading.Lock()
+        #: SPN -> monotonic time until which Kerberos is known not to work for it.
+        self._no_kerberos: dict[str, float] = {}
+        self._kerberos_ok: set[str] = set()
+        #: Held by the one handshake finding out whether Kerberos works for an SPN.
+        self.probe_lock = threading.Lock()
         secret = f"{self.principal}\0{password or ''}".encode("utf-8", "surrogatepass")
         digest = hmac.new(_FINGERPRINT_KEY, secret, hashlib.sha256).hexdigest()
         self.fingerprint: str = digest[:16] if password is not None else ""
@@ -173,8 +195,39 @@ class Credential:
                     return password
             return self._hashes
 
-    def for_spnego(self, protocol: str) -> Any:
-        """The ``username`` argument for ``spnego.client`` (credential objects or ``None``)."""
+    def kerberos_known_unusable(self, target: Target) -> bool:
+        """Whether a recent Negotiate handshake for ``target`` could not use Kerberos with
+        this password (no KDC for the realm, unknown principal or SPN): then Negotiate goes
+        straight to NTLM for a while instead of asking the KDC (or DNS) on every handshake."""
+        until = self._no_kerberos.get(str(target))
+        return until is not None and time.monotonic() < until
+
+    def kerberos_known_usable(self, target: Target) -> bool:
+        """Whether a Negotiate handshake for ``target`` already got Kerberos going."""
+        return str(target) in self._kerberos_ok
+
+    def note_kerberos(self, target: Target, *, usable: bool) -> None:
+        """Remember whether Kerberos worked for ``target`` (a failure for
+        :data:`KERBEROS_RETRY_SECONDS`)."""
+        spn = str(target)
+        with self._lock:
+            if len(self._no_kerberos) >= 256:
+                self._no_kerberos.clear()
+            if len(self._kerberos_ok) >= 256:
+                self._kerberos_ok.clear()
+            if usable:
+                self._no_kerberos.pop(spn, None)
+                self._kerberos_ok.add(spn)
+            else:
+                self._kerberos_ok.discard(spn)
+                self._no_kerberos[spn] = time.monotonic() + KERBEROS_RETRY_SECONDS
+
+    def for_spnego(self, protocol: str, target: Target | None = None) -> Any:
+        """The ``username`` argument for ``spnego.client`` (credential objects or ``None``).
+
+        For Negotiate with a password, the Kerberos credential is left out while
+        :meth:`kerberos_known_unusable` holds for ``target``: SPNEGO then carries NTLM only,
+        exactly as pyspnego falls back by itself, without the failed KDC attempt."""
         if self._password is None:
             return self.principal or None
         creds: list[Any] = []
@@ -186,7 +239,9 @@ class Credential:
                 creds.append(spnego.NTLMHash(username=ntlm_user, lm_hash=lm, nt_hash=nt))
             else:  # pragma: no cover
                 creds.append(spnego.Password(username=ntlm_user, password=self._password))
-        if protocol in ("kerberos", "negotiate"):
+        if protocol == "kerberos" or (
+            protocol == "negotiate" and not (target and self.kerberos_known_unusable(target))
+        ):
             krb_user = self.upn or (
                 f"{self.user}@{self.domain.upper()}" if self.domain else self.user
             )
@@ -311,6 +366,7 @@ class SecurityContext:
         self.target = target
         self.channel_bound = cert_der is not None
         self._request = request
+        self._credential = credential
         req = spnego.ContextReq.default
         if not mutual and protocol != "negotiate":
             # Not for SPNEGO: pyspnego 0.12 then drops the Kerberos AP-REQ from its first
@@ -320,24 +376,42 @@ class SecurityContext:
             req &= ~spnego.ContextReq.mutual_auth
         if delegate:
             req |= spnego.ContextReq.delegate
+        self._req = req
+        self._cb: Any = None
+        #: Negotiate with a password whose Kerberos attempt is still to be seen.
+        self._tries_kerberos = (
+            protocol == "negotiate"
+            and KERBEROS_AVAILABLE
+            and not credential.current_user
+            and not credential.kerberos_known_usable(target)
+            and not credential.kerberos_known_unusable(target)
+        )
+        self._ntlm_only = (
+            protocol == "negotiate"
+            and not credential.current_user
+            and credential.kerberos_known_unusable(target)
+        )
         try:
-            cb = None
             if cert_der is not None:
-                cb = spnego.channel_bindings.GssChannelBindings(
+                self._cb = spnego.channel_bindings.GssChannelBindings(
                     application_data=tls_server_end_point(cert_der)
                 )
-            self._ctx = spnego.client(
-                credential.for_spnego(protocol),
-                hostname=target.host,
-                service=target.service,
-                channel_bindings=cb,
-                context_req=req,
-                protocol=protocol,
-            )
+            # Built at the first step when that step must first find out about Kerberos.
+            self._ctx: Any = None if self._tries_kerberos else self._build()
         except AuthenticationError:
             raise
         except Exception as exc:
             raise _translate(exc, self, "creating the security context") from exc
+
+    def _build(self) -> Any:
+        return spnego.client(
+            self._credential.for_spnego(self.protocol, self.target),
+            hostname=self.target.host,
+            service=self.target.service,
+            channel_bindings=self._cb,
+            context_req=self._req,
+            protocol=self.protocol,
+        )
 
     @property
     def blocking(self) -> bool:
@@ -345,19 +419,19 @@ class SecurityContext:
 
         Pure-Python NTLM never blocks and runs inline.
         """
-        if self.protocol == "ntlm" or not KERBEROS_AVAILABLE:
+        if self.protocol == "ntlm" or not KERBEROS_AVAILABLE or self._ntlm_only:
             return False
         return self.mechanism != "ntlm"
 
     @property
     def complete(self) -> bool:
         """The context is established (and, if asked, the server proved its identity)."""
-        return bool(self._ctx.complete)
+        return self._ctx is not None and bool(self._ctx.complete)
 
     @property
     def mechanism(self) -> str | None:
         """``"kerberos"`` or ``"ntlm"`` once known, else ``None``."""
-        proto = self._ctx.negotiated_protocol
+        proto = self._ctx.negotiated_protocol if self._ctx is not None else None
         return proto if proto in ("kerberos", "ntlm") else None
 
     def step(self, in_token: bytes | None, *, final: bool = False) -> bytes | None:
@@ -371,6 +445,8 @@ class SecurityContext:
         Raises:
             AuthenticationError: a subclass saying what failed; see its docstring.
         """
+        if self._tries_kerberos:
+            return self._first_negotiate_step(in_token)
         try:
             out = self._ctx.step(in_token)
         except Exception as exc:
@@ -383,6 +459,42 @@ class SecurityContext:
                 ) from exc
             raise _translate(exc, self, "processing a token") from exc
         return out if isinstance(out, bytes) else None
+
+    def _first_negotiate_step(self, in_token: bytes | None) -> bytes | None:
+        # Negotiate with a password, Kerberos untried for this SPN. One handshake at a time
+        # finds out (in its worker thread); the others wait for the answer rather than all
+        # asking the KDC, or DNS for a realm that has none, at once.
+        self._tries_kerberos = False
+        credential, target = self._credential, self.target
+        with credential.probe_lock:
+            unusable = credential.kerberos_known_unusable(target)
+            if not unusable and not credential.kerberos_known_usable(target):
+                out = self._build_and_step(in_token)
+                # Negotiate prefers Kerberos: NTLM chosen on the first step means the
+                # Kerberos attempt with this password failed for this SPN before the server
+                # was asked.
+                if self.mechanism == "ntlm":
+                    logger.debug(
+                        "Kerberos unusable for %s with these credentials; Negotiate uses "
+                        "NTLM for it for the next %d s",
+                        target,
+                        KERBEROS_RETRY_SECONDS,
+                    )
+                    credential.note_kerberos(target, usable=False)
+                else:
+                    credential.note_kerberos(target, usable=True)
+                return out
+        # Another handshake found out meanwhile: Kerberos works (go ahead, in parallel), or
+        # it does not (NTLM only, exactly as pyspnego would fall back).
+        self._ntlm_only = unusable
+        return self._build_and_step(in_token)
+
+    def _build_and_step(self, in_token: bytes | None) -> bytes | None:
+        try:
+            self._ctx = self._build()
+        except Exception as exc:
+            raise _translate(exc, self, "creating the security context") from exc
+        return self.step(in_token)
 
     def __repr__(self) -> str:
         return (
