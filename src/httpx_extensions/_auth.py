@@ -67,6 +67,7 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
         self._pool_aware: bool | None = None
         self._identities: dict[str, AuthIdentity] = {}
         self._handshaken: dict[tuple[str, str, int | None], tuple[str, str]] = {}
+        self._by_host: dict[str, tuple[Target, AuthIdentity]] = {}
 
     def __repr__(self) -> str:
         who = self._credential.principal or "<current user>"
@@ -132,11 +133,15 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
 
     # -- choices -------------------------------------------------------------------------
     def _choose(
-        self, challenges: list[Challenge], request: httpx.Request
+        self, challenges: list[Challenge], request: httpx.Request, target: Target
     ) -> tuple[str, str] | None:
         offered = {c.scheme for c in challenges}
         for scheme, protocol in self._preferences:
             if scheme.lower() in offered:
+                if protocol == "negotiate" and "ntlm" in offered and self._kerberos_failed(target):
+                    # Kerberos cannot work for this SPN just now (Credential.note_kerberos):
+                    # speak the NTLM the server also offers, without SPNEGO around it.
+                    return "NTLM", "ntlm"
                 return scheme, protocol
         if offered & self._forbidden:
             raise MechanismNotAllowedError(
@@ -146,6 +151,10 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
                 request=request,
             )
         return None
+
+    def _kerberos_failed(self, target: Target) -> bool:
+        """Whether a recent Negotiate attempt found Kerberos unusable for ``target``."""
+        return self._credential.kerberos_known_unusable(target)
 
     def _proactive_choice(self, request: httpx.Request) -> tuple[str, str] | None:
         """On a client without conn_ids, send the first token at once (when safe)."""

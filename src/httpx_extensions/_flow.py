@@ -149,11 +149,16 @@ class FlowMixin:
     _pool_aware: bool | None
     _identities: dict[str, AuthIdentity]
     _handshaken: dict[tuple[str, str, int | None], tuple[str, str]]
+    _by_host: dict[str, tuple[Target, AuthIdentity]]
+    _canonicalize: bool
     max_legs: int
 
     def _choose(
-        self, challenges: list[Challenge], request: httpx.Request
+        self, challenges: list[Challenge], request: httpx.Request, target: Target
     ) -> tuple[str, str] | None:
+        raise NotImplementedError
+
+    def _kerberos_failed(self, target: Target) -> bool:
         raise NotImplementedError
 
     def _proactive_choice(self, request: httpx.Request) -> tuple[str, str] | None:
@@ -175,11 +180,19 @@ class FlowMixin:
         status = 407 if self._proxy is not None else 401
         challenge_header = "Proxy-Authenticate" if self._proxy is not None else "WWW-Authenticate"
         host = self._proxy.host if self._proxy is not None else request.url.host
-        target = self._target_nowait(host)
-        if target is None:
-            target = yield Job(partial(self._resolve, host), blocking=True)
-        identity = self._identity(str(target))
-        _set_ext(request, identity=identity)
+        known_host = self._by_host.get(host)
+        if known_host is not None:
+            target, identity = known_host
+        else:
+            found = self._target_nowait(host)
+            if found is None:
+                found = yield Job(partial(self._resolve, host), blocking=True)
+            target = found
+            identity = self._identity(str(target))
+            if not self._canonicalize:  # host -> SPN is then fixed for this auth object
+                if len(self._by_host) >= _CACHE_SIZE:
+                    self._by_host.clear()
+                self._by_host[host] = (target, identity)
         if not _replayable(request):
             raise RequestBodyNotReplayableError(
                 f"{request.method} {request.url}: the body is a one-shot stream and the "
@@ -195,11 +208,13 @@ class FlowMixin:
         proactive = self._proactive_choice(request)
         if proactive is None and self._pool_aware and self._proxy is None:
             known = self._handshaken.get(_origin(request.url))
-            if known is not None:
+            if known is not None and (
+                self._kind != "negotiate" or self._kerberos_failed(target)
+            ):  # Negotiate retries Kerberos once its failure is old (it may work now)
                 # This origin wanted our handshake before: if the pool hands this request a
                 # connection not yet authenticated as us, start the handshake right there.
                 preflight = _Preflight(self, known, target, request)
-                _set_ext(request, before_send=preflight)
+        _set_ext(request, identity=identity, before_send=preflight)
         if proactive is not None:
             scheme, protocol = proactive
             try:
@@ -221,7 +236,7 @@ class FlowMixin:
             ext = response.extensions
             self._pool_aware = "conn_id" in ext
             if preflight is not None:
-                _set_ext(request, before_send=None)
+                preflight.request = None  # disarmed: later legs carry their own tokens
                 if preflight.ctx is not None:  # the transport sent its token: a handshake
                     ctx, conn_id = preflight.ctx, preflight.conn_id
                     scheme, _ = proactive = preflight.choice
@@ -274,7 +289,7 @@ class FlowMixin:
                 if response.status_code != status:
                     self._note_reuse(response, identity)
                     return
-                choice = self._choose(challenges, request)
+                choice = self._choose(challenges, request, target)
                 if choice is None:
                     return  # no challenge of ours: hand the 401 back to the caller
                 scheme, protocol = choice
@@ -426,7 +441,8 @@ class _Preflight:
         self.auth = auth
         self.choice = choice
         self.target = target
-        self.request = request
+        #: The one request it may act on; None once the flow saw its first answer.
+        self.request: httpx.Request | None = request
         self.ctx: SecurityContext | None = None
         self.conn_id: Any = None
 
