@@ -123,8 +123,8 @@ async def test_negotiate_asks_the_kdc_once_when_kerberos_cannot_work(
     tried_kerberos: list[bool] = []
     original = _spnego.Credential.for_spnego
 
-    def recording(self: _spnego.Credential, protocol: str, target: typing.Any = None) -> typing.Any:
-        creds = original(self, protocol, target)
+    def recording(self: _spnego.Credential, protocol: str) -> typing.Any:
+        creds = original(self, protocol)
         tried_kerberos.append(any(type(c).__name__ == "Password" for c in creds))
         return creds
 

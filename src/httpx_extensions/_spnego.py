@@ -222,12 +222,8 @@ class Credential:
                 self._kerberos_ok.discard(spn)
                 self._no_kerberos[spn] = time.monotonic() + KERBEROS_RETRY_SECONDS
 
-    def for_spnego(self, protocol: str, target: Target | None = None) -> Any:
-        """The ``username`` argument for ``spnego.client`` (credential objects or ``None``).
-
-        For Negotiate with a password, the Kerberos credential is left out while
-        :meth:`kerberos_known_unusable` holds for ``target``: SPNEGO then carries NTLM only,
-        exactly as pyspnego falls back by itself, without the failed KDC attempt."""
+    def for_spnego(self, protocol: str) -> Any:
+        """The ``username`` argument for ``spnego.client`` (credential objects or ``None``)."""
         if self._password is None:
             return self.principal or None
         creds: list[Any] = []
@@ -239,9 +235,7 @@ class Credential:
                 creds.append(spnego.NTLMHash(username=ntlm_user, lm_hash=lm, nt_hash=nt))
             else:  # pragma: no cover
                 creds.append(spnego.Password(username=ntlm_user, password=self._password))
-        if protocol == "kerberos" or (
-            protocol == "negotiate" and not (target and self.kerberos_known_unusable(target))
-        ):
+        if protocol in ("kerberos", "negotiate"):
             krb_user = self.upn or (
                 f"{self.user}@{self.domain.upper()}" if self.domain else self.user
             )
@@ -404,13 +398,17 @@ class SecurityContext:
             raise _translate(exc, self, "creating the security context") from exc
 
     def _build(self) -> Any:
+        # Negotiate whose Kerberos is known not to work for this SPN: raw NTLMSSP tokens, as
+        # Windows' Negotiate package sends them then (IIS, MIT/Heimdal SPNEGO acceptors and
+        # squid's negotiate_wrapper take them), without a SPNEGO layer or a second attempt.
+        protocol = "ntlm" if self._ntlm_only else self.protocol
         return spnego.client(
-            self._credential.for_spnego(self.protocol, self.target),
+            self._credential.for_spnego(protocol),
             hostname=self.target.host,
             service=self.target.service,
             channel_bindings=self._cb,
             context_req=self._req,
-            protocol=self.protocol,
+            protocol=protocol,
         )
 
     @property
