@@ -233,6 +233,13 @@ class NegotiateAuth(_SpnegoAuth):
     The mechanism used is in ``response.extensions["auth_mechanism"]``. With
     ``allow_ntlm=False`` raw Kerberos tokens are sent and an NTLM-only server raises
     :class:`~httpx_extensions.MechanismNotAllowedError`.
+
+    With a password, when Kerberos cannot work for a host (no KDC for the realm, unknown
+    principal or SPN), one handshake finds out and, for the next 60 seconds, handshakes with
+    that host go straight to NTLM (the ``NTLM`` scheme if offered, else raw NTLMSSP tokens
+    under ``Negotiate``, as Windows sends them); then Kerberos is tried again. Use
+    ``user@REALM`` for a Kerberos login; ``DOMAIN\\user`` names an NTLM domain, which is
+    rarely also a Kerberos realm.
     """
 
     _kind = "negotiate"
