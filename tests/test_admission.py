@@ -206,3 +206,91 @@ def test_unlimited_pool_has_no_admission() -> None:
     """Limits(max_connections=None): nothing to admit against."""
     transport = ExTransport(limits=httpx.Limits(max_connections=None))
     assert transport._admission is None
+
+
+async def test_request_built_by_hand_gets_the_client_pool_timeout(port_server: PortServer) -> None:
+    """client.send(httpx.Request(...)) has no timeout extension until httpx's send() sets it:
+    waiting at admission still ends with the client's pool timeout, not never."""
+    async with _client(1, pool=0.2) as client:
+        async with client.stream("GET", port_server.url + "/"):
+            with anyio.fail_after(3), pytest.raises(httpx.PoolTimeout):
+                await client.send(httpx.Request("GET", port_server.url + "/"))
+    with pytest.raises(RuntimeError, match="closed"):  # httpx's own error, not a wait
+        await client.send(httpx.Request("GET", port_server.url + "/"))
+
+
+async def test_pinned_request_is_not_held_behind_requests_it_would_unblock(
+    port_server: PortServer,
+) -> None:
+    """max_connections=1: A reserves its connection; B is admitted and waits in the pool for
+    it. A's next request, pinned to that connection, must not queue at admission behind B."""
+    async with _client(1, pool=5.0) as client:
+        first = await client.get(port_server.url + "/", extensions={"reserve": True})
+        conn_id = first.extensions["conn_id"]
+        done: list[int] = []
+
+        async def b() -> None:
+            r = await client.get(port_server.url + "/")
+            done.append(r.status_code)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(b)
+            await anyio.sleep(0.05)
+            with anyio.fail_after(2):
+                pinned = await client.get(port_server.url + "/", extensions={"conn_id": conn_id})
+            assert pinned.extensions["conn_id"] == conn_id
+            assert await client.release(conn_id)
+        assert done == [200]
+
+
+async def test_waiting_at_admission_counts_against_the_pool_timeout(
+    port_server: PortServer,
+) -> None:
+    """Pool timeout 1 s: 0.6 s waiting at admission, then waiting in the pool (the connection
+    stays reserved) times out about 1 s after the request started, not 1.6 s."""
+    async with _client(1, pool=1.0) as client:
+        elapsed: list[float] = []
+
+        async def b() -> None:
+            start = anyio.current_time()
+            with pytest.raises(httpx.PoolTimeout):
+                await client.get(port_server.url + "/")
+            elapsed.append(anyio.current_time() - start)
+
+        async with anyio.create_task_group() as tg:
+            async with client.stream(
+                "GET", port_server.url + "/", extensions={"reserve": True}
+            ) as held:
+                tg.start_soon(b)
+                await anyio.sleep(0.6)
+                await held.aread()
+        assert 0.9 <= elapsed[0] < 1.4, elapsed
+        await client.release(held.extensions["conn_id"])
+
+
+async def test_task_spawned_by_a_finished_flow_is_held_again(port_server: PortServer) -> None:
+    """A task started inside a send inherits its flow; once that flow has ended, the task's
+    own sends go through admission like any other."""
+    async with _client(1, pool=5.0) as client:
+        async with anyio.create_task_group() as tg:
+            started = anyio.Event()
+            go = anyio.Event()
+
+            async def later() -> None:
+                started.set()
+                await go.wait()
+                await client.get(port_server.url + "/")
+
+            async def hook(request: httpx.Request) -> None:
+                tg.start_soon(later)
+
+            client.event_hooks["request"] = [hook]
+            await client.get(port_server.url + "/")
+            client.event_hooks["request"] = []
+            await started.wait()
+            async with client.stream("GET", port_server.url + "/"):
+                go.set()
+                await anyio.sleep(0.05)
+                admission, _ = _transport(client).admission()
+                assert admission is not None
+                assert admission.queued == 1  # held at admission, not bypassing it

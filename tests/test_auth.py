@@ -660,3 +660,25 @@ async def test_before_send_hook_that_raises_leaves_the_pool_whole() -> None:
             assert (state.active, state.reserved, state.idle) == (0, 0, 1)
             again = await client.get(server.url + "/anon")
             assert again.extensions["conn_id"] == first.extensions["conn_id"]
+
+
+@pytest.mark.anyio
+async def test_auth_flow_keeps_the_callers_own_before_send_hook() -> None:
+    """A before_send hook the caller put on the request survives an auth flow that has no
+    first-token hook of its own to set (it used to be removed)."""
+    from httpx_extensions import ExClient
+
+    seen: list[str] = []
+
+    def mine(request: httpx.Request, facts: typing.Any) -> None:
+        seen.append(facts.conn_id)
+
+    with AuthServer(users={"alice": "pw"}, domain="EXAMPLE", scheme="ntlm") as server:
+        async with ExClient() as client:
+            r = await client.get(
+                server.url + "/",
+                auth=NTLMAuth("EXAMPLE\\alice", "pw"),
+                extensions={"before_send": mine},
+            )
+            assert r.status_code == 200
+            assert seen and seen[0] == r.extensions["conn_id"]

@@ -117,7 +117,7 @@ async def test_negotiate_asks_the_kdc_once_when_kerberos_cannot_work(
     """NegotiateAuth('EXAMPLE\\bob', password): realm EXAMPLE has no KDC, so Kerberos fails and
     Negotiate falls back to NTLM. Of 12 concurrent handshakes only the first may try Kerberos
     (a KDC or DNS lookup that can take seconds); the rest go straight to NTLM, and all log on.
-    Afterwards new connections use the server's NTLM scheme directly (no SPNEGO layer)."""
+    With mutual_auth=False, later handshakes use the server's NTLM scheme (no SPNEGO layer)."""
     from httpx_extensions import _spnego
 
     tried_kerberos: list[bool] = []
@@ -146,17 +146,25 @@ async def test_negotiate_asks_the_kdc_once_when_kerberos_cannot_work(
     assert len({r.extensions["conn_id"] for r in responses}) == 12  # 12 handshakes
     assert len(tried_kerberos) == 12  # one security context per handshake
     assert sum(tried_kerberos) == 1, tried_kerberos  # one probe; the others waited for it
-    # Those that started after the probe speak the NTLM the server also offers, directly;
-    # those that waited for it send NTLM inside SPNEGO (Negotiate), as pyspnego falls back.
-    assert {r.headers["X-GSS-Mech"] for r in responses} <= {"Negotiate/NTLM", "NTLM/NTLM"}
+    # mutual_auth (the default) keeps SPNEGO around NTLM: its mechListMIC proves the server.
+    assert {r.headers["X-GSS-Mech"] for r in responses} == {"Negotiate/NTLM"}
     target = _spnego.Target("HTTP", httpx.URL(apache.urls["negotiate_cb"]).host)
     assert auth._credential.kerberos_known_unusable(target)
     auth._handshaken.clear()  # no first token on new connections: the 401 decides
     async with ExClient() as client:  # a new connection, Kerberos known not to work
         later = await client.get(apache.urls["negotiate_cb"], auth=auth)
     assert later.headers["X-Remote-User"] == "EXAMPLE\\bob"
-    assert later.headers["X-GSS-Mech"] == "NTLM/NTLM"
+    # mutual_auth (the default): still SPNEGO, whose final mechListMIC proves the server.
+    assert later.headers["X-GSS-Mech"] == "Negotiate/NTLM"
     assert later.extensions["auth_mechanism"] == "ntlm"
+    assert sum(tried_kerberos) == 1
+    # mutual_auth=False: the NTLM scheme the server also offers, no SPNEGO layer.
+    relaxed = NegotiateAuth(ntlm_user(apache, "bob"), kdc.users["bob"], mutual_auth=False)
+    relaxed._credential.note_kerberos(target, usable=False)
+    async with ExClient() as client:
+        plain = await client.get(apache.urls["negotiate_cb"], auth=relaxed)
+    assert plain.headers["X-Remote-User"] == "EXAMPLE\\bob"
+    assert plain.headers["X-GSS-Mech"] == "NTLM/NTLM"
     assert sum(tried_kerberos) == 1
     # Only for that SPN, and only for a while: then Kerberos is tried again.
     assert not auth._credential.kerberos_known_unusable(_spnego.Target("HTTP", "other.test"))

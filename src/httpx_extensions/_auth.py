@@ -138,9 +138,15 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
         offered = {c.scheme for c in challenges}
         for scheme, protocol in self._preferences:
             if scheme.lower() in offered:
-                if protocol == "negotiate" and "ntlm" in offered and self._kerberos_failed(target):
-                    # Kerberos cannot work for this SPN just now (Credential.note_kerberos):
-                    # speak the NTLM the server also offers, without SPNEGO around it.
+                if (
+                    protocol == "negotiate"
+                    and "ntlm" in offered
+                    and not self._mutual
+                    and self._kerberos_failed(target)
+                ):
+                    # Kerberos cannot work for this SPN just now (Credential.note_kerberos)
+                    # and no mechListMIC is wanted: speak the NTLM the server also offers,
+                    # without SPNEGO around it.
                     return "NTLM", "ntlm"
                 return scheme, protocol
         if offered & self._forbidden:

@@ -37,6 +37,11 @@ def instrument(stats: RunStats) -> dict[str, list[Callable[..., object]]]:
             stats.handshakes += 1
 
     async def on_response(response: httpx.Response) -> None:
+        # A first token the auth flow's before_send hook put on the wire: not in
+        # request.headers, so the request hook did not see it (docs/internals.md).
+        added = response.extensions.get("before_send_headers") or ()
+        if "authorization" in added or "proxy-authorization" in added:
+            on_leg(True)
         conn_id = response.extensions.get("conn_id")
         if conn_id is not None:
             stats.conn_ids.add(conn_id)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 import typing
 
 import httpx
@@ -161,15 +162,24 @@ class ExClient(httpx.AsyncClient):
         See ``httpx.AsyncClient.send``; the connection reserved for the flow is released when
         this returns, or, with ``stream=True``, when the response is closed.
         """
-        admission = None
-        if current_flow.get() is None:  # not nested in a send of this task: see _admission
+        admission, waited = None, 0.0
+        outer = current_flow.get()
+        if (
+            (outer is None or not outer.active)  # not nested in a send of this task
+            and not self.is_closed  # (httpx raises for that)
+            and "conn_id" not in request.extensions  # a pin needs no new capacity
+        ):
             transport = self._transport_for_url(request.url)
             if isinstance(transport, ExTransport):
                 admission, on_asyncio = transport.admission()
                 if admission is not None and not admission.enter_nowait():
-                    timeouts = request.extensions.get("timeout") or {}
+                    # httpx sets the client's timeout on the request only inside send().
+                    timeouts = request.extensions.get("timeout") or self.timeout.as_dict()
+                    started = time.monotonic()
                     await admission.enter(timeouts.get("pool"), on_asyncio, request)
+                    waited = time.monotonic() - started
         flow = Flow(admission)
+        flow.waited = waited
         token = current_flow.set(flow)
         try:
             response = await super().send(

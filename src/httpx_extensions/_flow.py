@@ -209,12 +209,15 @@ class FlowMixin:
         if proactive is None and self._pool_aware and self._proxy is None:
             known = self._handshaken.get(_origin(request.url))
             if known is not None and (
-                self._kind != "negotiate" or self._kerberos_failed(target)
+                self._kind != "negotiate" or not KERBEROS_AVAILABLE or self._kerberos_failed(target)
             ):  # Negotiate retries Kerberos once its failure is old (it may work now)
                 # This origin wanted our handshake before: if the pool hands this request a
                 # connection not yet authenticated as us, start the handshake right there.
                 preflight = _Preflight(self, known, target, request)
-        _set_ext(request, identity=identity, before_send=preflight)
+        if preflight is not None:
+            _set_ext(request, identity=identity, before_send=preflight)
+        else:
+            _set_ext(request, identity=identity)
         if proactive is not None:
             scheme, protocol = proactive
             try:

@@ -67,7 +67,7 @@ Opener = typing.Callable[[str, Origin, typing.Union[float, None]], typing.Awaita
 class Flow:
     """The legs of one ``ExClient.send()``: it holds at most one reserved connection."""
 
-    __slots__ = ("active", "reserved", "pool", "admission")
+    __slots__ = ("active", "reserved", "pool", "admission", "waited")
 
     def __init__(self, admission: Admission | None = None) -> None:
         self.active = True
@@ -75,6 +75,8 @@ class Flow:
         self.pool: Pool | None = None
         #: The place this flow holds in its pool's admission, given back when it ends.
         self.admission = admission
+        #: Seconds it waited at admission: deducted from the pool timeout of its first leg.
+        self.waited = 0.0
 
     def end(self) -> None:
         """End the flow: its reservation, if any, is released at once (synchronously).
@@ -200,6 +202,10 @@ class Pool:
         if self._to_close:
             await self._drain_close()
         pool_timeout = timeouts.get("pool")
+        if flow is not None and flow.waited:  # waiting at admission counts as pool waiting
+            if pool_timeout is not None:
+                pool_timeout = max(0.0, pool_timeout - flow.waited)
+            flow.waited = 0.0
         while True:
             if self._closed:
                 raise RuntimeError("the connection pool was closed; create a new client")

@@ -128,7 +128,7 @@ class Credential:
         "_kerberos_ok",
         "_no_kerberos",
         "_password",
-        "probe_lock",
+        "_probe_locks",
         "domain",
         "fingerprint",
         "user",
@@ -159,8 +159,8 @@ class Credential:
         #: SPN -> monotonic time until which Kerberos is known not to work for it.
         self._no_kerberos: dict[str, float] = {}
         self._kerberos_ok: set[str] = set()
-        #: Held by the one handshake finding out whether Kerberos works for an SPN.
-        self.probe_lock = threading.Lock()
+        #: SPN -> lock held by the one handshake finding out whether Kerberos works there.
+        self._probe_locks: dict[str, threading.Lock] = {}
         secret = f"{self.principal}\0{password or ''}".encode("utf-8", "surrogatepass")
         digest = hmac.new(_FINGERPRINT_KEY, secret, hashlib.sha256).hexdigest()
         self.fingerprint: str = digest[:16] if password is not None else ""
@@ -201,6 +201,17 @@ class Credential:
         straight to NTLM for a while instead of asking the KDC (or DNS) on every handshake."""
         until = self._no_kerberos.get(str(target))
         return until is not None and time.monotonic() < until
+
+    def probe_lock(self, target: Target) -> threading.Lock:
+        """The lock of the one handshake finding out whether Kerberos works for ``target``."""
+        spn = str(target)
+        with self._lock:
+            lock = self._probe_locks.get(spn)
+            if lock is None:
+                if len(self._probe_locks) >= 256:
+                    self._probe_locks.clear()
+                lock = self._probe_locks[spn] = threading.Lock()
+            return lock
 
     def kerberos_known_usable(self, target: Target) -> bool:
         """Whether a Negotiate handshake for ``target`` already got Kerberos going."""
@@ -371,20 +382,18 @@ class SecurityContext:
         if delegate:
             req |= spnego.ContextReq.delegate
         self._req = req
+        self._mutual = mutual
         self._cb: Any = None
-        #: Negotiate with a password whose Kerberos attempt is still to be seen.
-        self._tries_kerberos = (
-            protocol == "negotiate"
-            and KERBEROS_AVAILABLE
-            and not credential.current_user
-            and not credential.kerberos_known_usable(target)
-            and not credential.kerberos_known_unusable(target)
+        password_negotiate = (
+            protocol == "negotiate" and KERBEROS_AVAILABLE and not credential.current_user
         )
-        self._ntlm_only = (
-            protocol == "negotiate"
-            and not credential.current_user
-            and credential.kerberos_known_unusable(target)
-        )
+        unusable = password_negotiate and credential.kerberos_known_unusable(target)
+        #: Kerberos known not to work for this SPN with this password: NTLM only.
+        self._ntlm_only = unusable
+        #: Whether the first step tells us if Kerberos works (and records it).
+        self._learns = password_negotiate and not unusable
+        #: Nobody found out yet: the first step waits for, or makes, the one probe.
+        self._tries_kerberos = self._learns and not credential.kerberos_known_usable(target)
         try:
             if cert_der is not None:
                 self._cb = spnego.channel_bindings.GssChannelBindings(
@@ -398,12 +407,15 @@ class SecurityContext:
             raise _translate(exc, self, "creating the security context") from exc
 
     def _build(self) -> Any:
-        # Negotiate whose Kerberos is known not to work for this SPN: raw NTLMSSP tokens, as
-        # Windows' Negotiate package sends them then (IIS, MIT/Heimdal SPNEGO acceptors and
-        # squid's negotiate_wrapper take them), without a SPNEGO layer or a second attempt.
-        protocol = "ntlm" if self._ntlm_only else self.protocol
+        # Kerberos known not to work for this SPN: SPNEGO carrying NTLM only (no KDC or DNS
+        # asked again). With mutual_auth=False, raw NTLMSSP tokens instead, as Windows'
+        # Negotiate package sends them (IIS, MIT/Heimdal SPNEGO acceptors and squid's
+        # negotiate_wrapper take them): cheaper, but only SPNEGO's final mechListMIC proves
+        # the server, so not when mutual authentication is asked for.
+        creds_for = "ntlm" if self._ntlm_only else self.protocol
+        protocol = "ntlm" if self._ntlm_only and not self._mutual else self.protocol
         return spnego.client(
-            self._credential.for_spnego(protocol),
+            self._credential.for_spnego(creds_for),
             hostname=self.target.host,
             service=self.target.service,
             channel_bindings=self._cb,
@@ -445,6 +457,11 @@ class SecurityContext:
         """
         if self._tries_kerberos:
             return self._first_negotiate_step(in_token)
+        if self._learns:
+            self._learns = False
+            out = self.step(in_token)
+            self._learn()
+            return out
         try:
             out = self._ctx.step(in_token)
         except Exception as exc:
@@ -464,28 +481,32 @@ class SecurityContext:
         # asking the KDC, or DNS for a realm that has none, at once.
         self._tries_kerberos = False
         credential, target = self._credential, self.target
-        with credential.probe_lock:
+        with credential.probe_lock(target):
             unusable = credential.kerberos_known_unusable(target)
             if not unusable and not credential.kerberos_known_usable(target):
+                self._learns = False
                 out = self._build_and_step(in_token)
-                # Negotiate prefers Kerberos: NTLM chosen on the first step means the
-                # Kerberos attempt with this password failed for this SPN before the server
-                # was asked.
-                if self.mechanism == "ntlm":
-                    logger.debug(
-                        "Kerberos unusable for %s with these credentials; Negotiate uses "
-                        "NTLM for it for the next %d s",
-                        target,
-                        KERBEROS_RETRY_SECONDS,
-                    )
-                    credential.note_kerberos(target, usable=False)
-                else:
-                    credential.note_kerberos(target, usable=True)
+                self._learn()
                 return out
         # Another handshake found out meanwhile: Kerberos works (go ahead, in parallel), or
-        # it does not (NTLM only, exactly as pyspnego would fall back).
+        # it does not (NTLM only).
         self._ntlm_only = unusable
+        self._learns = not unusable
         return self._build_and_step(in_token)
+
+    def _learn(self) -> None:
+        # Negotiate prefers Kerberos: NTLM chosen on the first step means the Kerberos
+        # attempt with this password failed for this SPN before the server was asked.
+        if self.mechanism == "ntlm":
+            logger.debug(
+                "Kerberos unusable for %s with these credentials; Negotiate uses NTLM for it "
+                "for the next %d s",
+                self.target,
+                KERBEROS_RETRY_SECONDS,
+            )
+            self._credential.note_kerberos(self.target, usable=False)
+        else:
+            self._credential.note_kerberos(self.target, usable=True)
 
     def _build_and_step(self, in_token: bytes | None) -> bytes | None:
         try:

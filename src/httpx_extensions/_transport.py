@@ -228,6 +228,7 @@ class ExTransport(httpx.AsyncBaseTransport):
                 pool.reserve(conn)
             reused = conn.requests > 0
             send_headers = headers
+            added: tuple[str, ...] = ()
             before_send = ext.get("before_send")
             if before_send is not None:
                 try:
@@ -237,6 +238,7 @@ class ExTransport(httpx.AsyncBaseTransport):
                     raise
                 if extra:
                     send_headers = headers + extra
+                    added = tuple(name.decode("latin-1").lower() for name, _ in extra)
             try:
                 try:
                     head = await conn.send(method, target, send_headers, body, timeouts)
@@ -273,6 +275,7 @@ class ExTransport(httpx.AsyncBaseTransport):
                 "conn_id": conn.conn_id,
                 "conn_tagged": tagged,
                 "conn_requests": conn.requests,
+                "before_send_headers": added,
             },
         )
 
