@@ -129,6 +129,15 @@ async def test_negotiate_asks_the_kdc_once_when_kerberos_cannot_work(
         return creds
 
     monkeypatch.setattr(_spnego.Credential, "for_spnego", recording)
+    steps_in_threads: list[object] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counting(fn: typing.Any, *args: typing.Any, **kw: typing.Any) -> typing.Any:
+        if getattr(getattr(fn, "func", None), "__name__", "") == "step":
+            steps_in_threads.append(fn)
+        return await run_sync(fn, *args, **kw)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
     auth = NegotiateAuth(ntlm_user(apache, "bob"), kdc.users["bob"])
     limits = httpx.Limits(max_connections=12, max_keepalive_connections=12)
     responses: list[httpx.Response] = []
@@ -146,6 +155,7 @@ async def test_negotiate_asks_the_kdc_once_when_kerberos_cannot_work(
     assert len({r.extensions["conn_id"] for r in responses}) == 12  # 12 handshakes
     assert len(tried_kerberos) == 12  # one security context per handshake
     assert sum(tried_kerberos) == 1, tried_kerberos  # one probe; the others waited for it
+    assert len(steps_in_threads) == 1  # ...on the event loop, not in worker threads
     # mutual_auth (the default) keeps SPNEGO around NTLM: its mechListMIC proves the server.
     assert {r.headers["X-GSS-Mech"] for r in responses} == {"Negotiate/NTLM"}
     target = _spnego.Target("HTTP", httpx.URL(apache.urls["negotiate_cb"]).host)

@@ -68,6 +68,8 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
         self._identities: dict[str, AuthIdentity] = {}
         self._handshaken: dict[tuple[str, str, int | None], tuple[str, str]] = {}
         self._by_host: dict[str, tuple[Target, AuthIdentity]] = {}
+        #: SPN -> event set when the flow finding out whether Kerberos works there is done.
+        self._probing: dict[str, anyio.Event] = {}
 
     def __repr__(self) -> str:
         who = self._credential.principal or "<current user>"
@@ -118,7 +120,9 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
                 value, error = None, None
                 if isinstance(action, Job):
                     try:
-                        if action.blocking:
+                        if action.probe is not None:
+                            value = await self._probe_step(action, action.probe)
+                        elif action.blocking:
                             value = await anyio.to_thread.run_sync(
                                 action.fn, abandon_on_cancel=True
                             )
@@ -130,6 +134,25 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
                     value = yield action
         finally:
             flow.close()
+
+    async def _probe_step(self, job: Job, ctx: SecurityContext) -> Any:
+        # The first step of a Negotiate context that may have to find out whether Kerberos
+        # works for its SPN: one flow finds out (KDC/DNS, in a thread); the others wait here,
+        # on the event loop, then run NTLM inline or Kerberos in a thread.
+        key = str(ctx.target)
+        probing = self._probing
+        while (event := probing.get(key)) is not None:
+            await event.wait()
+        if ctx.needs_probe:
+            probing[key] = event = anyio.Event()
+            try:
+                return await anyio.to_thread.run_sync(job.fn, abandon_on_cancel=True)
+            finally:
+                del probing[key]
+                event.set()
+        if ctx.blocking:
+            return await anyio.to_thread.run_sync(job.fn, abandon_on_cancel=True)
+        return job.fn()
 
     # -- choices -------------------------------------------------------------------------
     def _choose(

@@ -91,13 +91,26 @@ class AuthIdentity:
 
 
 class Job:
-    """Work the flow needs done outside itself; ``blocking`` jobs run in a worker thread."""
+    """Work the flow needs done outside itself; ``blocking`` jobs run in a worker thread.
 
-    __slots__ = ("blocking", "fn")
+    ``probe``: the security context whose first step this is, when that step may have to
+    find out whether Kerberos works for its SPN. The async driver then lets one flow at a
+    time find out (in a thread) while the others wait on the event loop, not in threads.
+    """
 
-    def __init__(self, fn: Callable[[], Any], blocking: bool) -> None:
+    __slots__ = ("blocking", "fn", "probe")
+
+    def __init__(
+        self, fn: Callable[[], Any], blocking: bool, probe: SecurityContext | None = None
+    ) -> None:
         self.fn = fn
         self.blocking = blocking
+        self.probe = probe
+
+
+def _first_step(ctx: SecurityContext) -> Job:
+    """The Job of a context's first step."""
+    return Job(partial(ctx.step, None), ctx.blocking, ctx if ctx.needs_probe else None)
 
 
 class _ConnInfo(NamedTuple):
@@ -222,7 +235,7 @@ class FlowMixin:
             scheme, protocol = proactive
             try:
                 ctx = self._context(protocol, target, None, request)
-                token = yield Job(partial(ctx.step, None), ctx.blocking)
+                token = yield _first_step(ctx)
                 self._send_token(request, scheme, token, None)
             except AuthenticationError as exc:  # best effort: go anonymous, fail on a 401
                 log.debug("no proactive token for %s: %s", target, type(exc).__name__)
@@ -313,7 +326,7 @@ class FlowMixin:
                     scheme, protocol, identity.principal or "current user", target, conn_id,
                     cert is not None,
                 )  # fmt: skip
-                out = yield Job(partial(ctx.step, None), ctx.blocking)
+                out = yield _first_step(ctx)
                 self._send_token(request, scheme, out, conn_id)
                 break
 

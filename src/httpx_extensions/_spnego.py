@@ -431,7 +431,20 @@ class SecurityContext:
         """
         if self.protocol == "ntlm" or not KERBEROS_AVAILABLE or self._ntlm_only:
             return False
+        if self._tries_kerberos and self._credential.kerberos_known_unusable(self.target):
+            return False  # its first step will build an NTLM-only context
         return self.mechanism != "ntlm"
+
+    @property
+    def needs_probe(self) -> bool:
+        """Whether the first step must still find out if Kerberos works for this SPN (a KDC
+        or DNS round trip; see ``_first_negotiate_step``)."""
+        credential, target = self._credential, self.target
+        return (
+            self._tries_kerberos
+            and not credential.kerberos_known_usable(target)
+            and not credential.kerberos_known_unusable(target)
+        )
 
     @property
     def complete(self) -> bool:
