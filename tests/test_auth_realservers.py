@@ -57,6 +57,21 @@ def service_tickets(kdc: Kdc, ccache: Path) -> list[str]:
     return sorted({w for w in done.stdout.split() if w.startswith("HTTP/") and w[-1] != "@"})
 
 
+async def concurrent_gets(url: str, auth: httpx.Auth, n: int) -> list[httpx.Response]:
+    """``n`` GETs at once on ``n`` connections of a fresh ExClient (so ``n`` handshakes)."""
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    responses: list[httpx.Response] = []
+    async with ExClient(limits=limits) as client:
+
+        async def one() -> None:
+            responses.append(await client.get(url, auth=auth))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(n):
+                tg.start_soon(one)
+    return responses
+
+
 # -- item 2: each way to log on, and who the server says we are ---------------------------------
 
 
@@ -139,16 +154,7 @@ async def test_negotiate_asks_the_kdc_once_when_kerberos_cannot_work(
 
     monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
     auth = NegotiateAuth(ntlm_user(apache, "bob"), kdc.users["bob"])
-    limits = httpx.Limits(max_connections=12, max_keepalive_connections=12)
-    responses: list[httpx.Response] = []
-    async with ExClient(limits=limits) as client:
-
-        async def one() -> None:
-            responses.append(await client.get(apache.urls["negotiate_cb"], auth=auth))
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(12):
-                tg.start_soon(one)
+    responses = await concurrent_gets(apache.urls["negotiate_cb"], auth, 12)
     assert len(responses) == 12
     assert {r.headers["X-Remote-User"] for r in responses} == {"EXAMPLE\\bob"}
     assert {r.extensions["auth_mechanism"] for r in responses} == {"ntlm"}
@@ -190,16 +196,7 @@ async def test_negotiate_with_a_kerberos_password_keeps_kerberos(kdc: Kdc, apach
     from httpx_extensions import _spnego
 
     auth = NegotiateAuth(kdc.principal("bob"), kdc.users["bob"])
-    limits = httpx.Limits(max_connections=6, max_keepalive_connections=6)
-    responses: list[httpx.Response] = []
-    async with ExClient(limits=limits) as client:
-
-        async def one() -> None:
-            responses.append(await client.get(apache.urls["krb_cb"], auth=auth))
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(6):
-                tg.start_soon(one)
+    responses = await concurrent_gets(apache.urls["krb_cb"], auth, 6)
     assert {r.headers["X-Remote-User"] for r in responses} == {"bob@EXAMPLE.TEST"}
     assert {r.extensions["auth_mechanism"] for r in responses} == {"kerberos"}
     target = _spnego.Target("HTTP", httpx.URL(apache.urls["krb_cb"]).host)

@@ -22,7 +22,7 @@ import collections
 
 import httpx
 
-from ._waiters import SLOT, Waiter, enqueue, pop_live
+from ._waiters import POOL_TIMEOUT_MESSAGE, SLOT, Waiter, enqueue, pop_live, wait_or_abandon
 
 __all__ = ["Admission"]
 
@@ -66,18 +66,8 @@ class Admission:
         """
         waiter = Waiter(_NOWHERE, None, None, on_asyncio)
         enqueue(self._queue, waiter)
-        try:
-            admitted = await waiter.wait(timeout)
-        except BaseException:
-            self._abandon(waiter)
-            raise
-        if not admitted:
-            self._abandon(waiter)
-            raise httpx.PoolTimeout(
-                "no connection became free within the pool timeout; raise "
-                "Limits(max_connections=...) or Timeout(pool=...), or send fewer at once",
-                request=request,
-            )
+        if not await wait_or_abandon(waiter, timeout, self._abandon):
+            raise httpx.PoolTimeout(POOL_TIMEOUT_MESSAGE, request=request)
 
     def leave(self) -> None:
         """Give the place back: to the oldest waiter if any (it keeps the count), else free."""

@@ -50,7 +50,18 @@ from ._connection import Connection, Origin
 
 if typing.TYPE_CHECKING:
     from ._admission import Admission
-from ._waiters import GONE, SLOT, Gone, Result, Slot, Waiter, enqueue, pop_live
+from ._waiters import (
+    GONE,
+    POOL_TIMEOUT_MESSAGE,
+    SLOT,
+    Gone,
+    Result,
+    Slot,
+    Waiter,
+    enqueue,
+    pop_live,
+    wait_or_abandon,
+)
 
 __all__ = ["Flow", "Pool", "PoolState", "current_flow"]
 
@@ -319,17 +330,8 @@ class Pool:
         return waiter
 
     async def _wait(self, waiter: Waiter, timeout: float | None) -> Result:
-        try:
-            woken = await waiter.wait(timeout)
-        except BaseException:
-            self._abandon(waiter)
-            raise
-        if not woken:
-            self._abandon(waiter)
-            raise httpcore.PoolTimeout(
-                "no connection became free within the pool timeout; raise "
-                "Limits(max_connections=...) or Timeout(pool=...), or send fewer at once"
-            )
+        if not await wait_or_abandon(waiter, timeout, self._abandon):
+            raise httpcore.PoolTimeout(POOL_TIMEOUT_MESSAGE)
         assert waiter.result is not None
         return waiter.result
 

@@ -17,7 +17,24 @@ import anyio
 
 from ._connection import Connection, Origin
 
-__all__ = ["GONE", "SLOT", "Gone", "Result", "Slot", "Waiter", "enqueue", "pop_live"]
+__all__ = [
+    "GONE",
+    "POOL_TIMEOUT_MESSAGE",
+    "SLOT",
+    "Gone",
+    "Result",
+    "Slot",
+    "Waiter",
+    "enqueue",
+    "pop_live",
+    "wait_or_abandon",
+]
+
+#: What a pool timeout says, wherever the request waited (pool or admission).
+POOL_TIMEOUT_MESSAGE = (
+    "no connection became free within the pool timeout; raise Limits(max_connections=...) "
+    "or Timeout(pool=...), or send fewer at once"
+)
 
 
 class Slot:
@@ -82,6 +99,20 @@ class Waiter:
         with anyio.move_on_after(timeout):
             await self._event.wait()
         return self.done
+
+
+async def wait_or_abandon(
+    waiter: Waiter, timeout: float | None, abandon: typing.Callable[[Waiter], None]
+) -> bool:
+    """Wait for ``waiter``; on timeout (False) or any exception, ``abandon`` it first."""
+    try:
+        woken = await waiter.wait(timeout)
+    except BaseException:
+        abandon(waiter)
+        raise
+    if not woken:
+        abandon(waiter)
+    return woken
 
 
 class _PoolWaitTimeout(Exception):
