@@ -178,8 +178,7 @@ class ExClient(httpx.AsyncClient):
                     started = time.monotonic()
                     await admission.enter(timeouts.get("pool"), on_asyncio, request)
                     waited = time.monotonic() - started
-        flow = Flow(admission)
-        flow.waited = waited
+        flow = Flow(admission, waited)
         token = current_flow.set(flow)
         try:
             response = await super().send(

@@ -47,9 +47,6 @@ import typing
 import httpcore
 
 from ._connection import Connection, Origin
-
-if typing.TYPE_CHECKING:
-    from ._admission import Admission
 from ._waiters import (
     GONE,
     POOL_TIMEOUT_MESSAGE,
@@ -62,6 +59,9 @@ from ._waiters import (
     pop_live,
     wait_or_abandon,
 )
+
+if typing.TYPE_CHECKING:
+    from ._admission import Admission
 
 __all__ = ["Flow", "Pool", "PoolState", "current_flow"]
 
@@ -80,14 +80,14 @@ class Flow:
 
     __slots__ = ("active", "reserved", "pool", "admission", "waited")
 
-    def __init__(self, admission: Admission | None = None) -> None:
+    def __init__(self, admission: Admission | None = None, waited: float = 0.0) -> None:
         self.active = True
         self.reserved: Connection | None = None
         self.pool: Pool | None = None
         #: The place this flow holds in its pool's admission, given back when it ends.
         self.admission = admission
         #: Seconds it waited at admission: deducted from the pool timeout of its first leg.
-        self.waited = 0.0
+        self.waited = waited
 
     def end(self) -> None:
         """End the flow: its reservation, if any, is released at once (synchronously).

@@ -470,11 +470,6 @@ class SecurityContext:
         """
         if self._tries_kerberos:
             return self._first_negotiate_step(in_token)
-        if self._learns:
-            self._learns = False
-            out = self.step(in_token)
-            self._learn()
-            return out
         try:
             out = self._ctx.step(in_token)
         except Exception as exc:
@@ -486,6 +481,9 @@ class SecurityContext:
                     request=self._request,
                 ) from exc
             raise _translate(exc, self, "processing a token") from exc
+        if self._learns:  # the first step of a password Negotiate: did Kerberos work?
+            self._learns = False
+            self._learn()
         return out if isinstance(out, bytes) else None
 
     def _first_negotiate_step(self, in_token: bytes | None) -> bytes | None:
@@ -497,12 +495,9 @@ class SecurityContext:
         with credential.probe_lock(target):
             unusable = credential.kerberos_known_unusable(target)
             if not unusable and not credential.kerberos_known_usable(target):
-                self._learns = False
-                out = self._build_and_step(in_token)
-                self._learn()
-                return out
-        # Another handshake found out meanwhile: Kerberos works (go ahead, in parallel), or
-        # it does not (NTLM only).
+                return self._build_and_step(in_token)  # learns, holding the lock
+        # Another handshake found out meanwhile: Kerberos works (go ahead, in parallel, and
+        # still learn from it), or it does not (NTLM only).
         self._ntlm_only = unusable
         self._learns = not unusable
         return self._build_and_step(in_token)
