@@ -160,3 +160,39 @@ async def test_cookies_still_extracted() -> None:
         assert client.cookies["session"] == "abc"
         r = await client.get("http://example.test/echo")
         assert r.json()["cookie"] == "session=abc"
+
+
+async def test_a_closed_response_is_freed_without_the_garbage_collector(
+    port_server: PortServer,
+) -> None:
+    """httpx leaves each response in a reference cycle (response -> BoundAsyncStream ->
+    response); ExClient breaks it once the response is closed, so a response, its request
+    and its history are freed when the caller drops them, not at the next GC pass."""
+    import gc
+    import weakref
+
+    async with ExClient() as client:
+        gc.collect()
+        gc.disable()
+        try:
+            response = await client.get(
+                port_server.url + "/redirect", params={"to": "/"}, follow_redirects=True
+            )
+            assert response.history  # a redirect: the first response is closed as well
+            refs = [weakref.ref(response), weakref.ref(response.request)]
+            refs.append(weakref.ref(response.history[0]))
+            content = response.content
+            assert await response.aread() == content  # reading again: still the content
+            with pytest.raises(httpx.StreamConsumed):  # as in httpx
+                async for _ in response.aiter_raw():
+                    pass
+            del response
+            assert [ref() for ref in refs] == [None, None, None]
+
+            async with client.stream("GET", port_server.url + "/") as streamed:
+                await streamed.aread()
+            stream_ref = weakref.ref(streamed)
+            del streamed
+            assert stream_ref() is None
+        finally:
+            gc.enable()

@@ -193,6 +193,7 @@ class ExClient(httpx.AsyncClient):
             response.stream = _FlowEndingStream(response.stream, flow)
         else:
             flow.end()
+            _unlink_closed(response)
         return response
 
     # -- pool API ------------------------------------------------------------------------------
@@ -240,8 +241,27 @@ class _Cookies(httpx.Cookies):
             super().extract_cookies(response)
 
 
+#: What a closed response's ``stream`` becomes: httpx never reads it again (``aread`` returns
+#: the content, ``aiter_raw`` raises ``StreamConsumed``, ``aclose`` does nothing).
+_CLOSED_STREAM = httpx.ByteStream(b"")
+
+
+def _unlink_closed(response: httpx.Response) -> None:
+    """Break the reference cycle httpx leaves in a closed response.
+
+    httpx wraps every response's stream as ``BoundAsyncStream(stream, response=response)``,
+    so each response (with its request, headers and extensions: about 30 objects) is freed
+    only by the garbage collector. At thousands of requests per second those cycles were
+    most of our GC time. Closed responses never use their stream again, so we drop it.
+    """
+    for item in (response, *response.history):
+        if item.is_closed:
+            item.stream = _CLOSED_STREAM
+
+
 class _FlowEndingStream(httpx.AsyncByteStream):
-    """Ends a streamed response's flow when the response is closed."""
+    """Ends a streamed response's flow when the response is closed (and drops the inner
+    stream then: see :func:`_unlink_closed`)."""
 
     def __init__(self, inner: httpx.AsyncByteStream | httpx.SyncByteStream, flow: Flow) -> None:
         self._inner = typing.cast(httpx.AsyncByteStream, inner)
@@ -254,4 +274,5 @@ class _FlowEndingStream(httpx.AsyncByteStream):
         try:
             await self._inner.aclose()
         finally:
+            self._inner = _CLOSED_STREAM
             self._flow.end()
