@@ -252,6 +252,41 @@ def test_context_against_real_acceptor(protocol: str) -> None:
     assert "pw" not in repr(ctx)
 
 
+# DER encodings of the mechanism OIDs a SPNEGO NegTokenInit may offer.
+_NTLM_OID = bytes.fromhex("060a2b0601040182370202 0a".replace(" ", ""))
+_KRB5_OIDS = (bytes.fromhex("06092a864886f712010202"), bytes.fromhex("06092a864882f712010202"))
+
+
+@pytest.mark.usefixtures("user_file")
+def test_private_pyspnego_negotiate_contexts_is_honoured(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Pin of pyspnego's private ``NegotiateProxy(_negotiate_contexts=...)``, which
+    ``ntlm_spnego_client`` uses when Kerberos is known unusable: the SPNEGO context must offer
+    NTLM only (no Kerberos context tried and failed on every handshake) and still complete,
+    mechListMIC and all. If this fails after a pyspnego upgrade, re-read
+    ``spnego/_negotiate.py`` (``_rebuild_context_list``) and adapt ``ntlm_spnego_client``."""
+    credential, target = Credential("EXAMPLE\\alice", "pw"), Target("HTTP", "host")
+    credential.note_kerberos(target, usable=False)
+    with caplog.at_level(logging.DEBUG, logger="spnego"):
+        ctx = SecurityContext("negotiate", credential, target)
+        assert type(ctx._ctx).__name__ == "NegotiateProxy"
+        first = ctx.step(None)
+    # pyspnego builds (and logs building) its mechanism contexts only without our list.
+    assert not [r for r in caplog.records if "when building SPNEGO mech list" in r.getMessage()]
+    assert first is not None and _NTLM_OID in first
+    assert not any(oid in first for oid in _KRB5_OIDS)
+    server = spnego.server(protocol="negotiate")
+    token = server.step(first)
+    while token is not None and not ctx.complete:
+        reply = ctx.step(token)
+        token = server.step(reply) if reply else None
+        if token is not None and server.complete:
+            ctx.step(token, final=True)
+            break
+    assert server.complete and ctx.complete and ctx.mechanism == "ntlm"
+
+
 @pytest.mark.usefixtures("user_file")
 def test_channel_binding_reaches_the_acceptor(rsa_key: rsa.RSAPrivateKey) -> None:
     """The tls-server-end-point binding built from the certificate must match the server's."""

@@ -202,6 +202,12 @@ class Credential:
         until = self._no_kerberos.get(str(target))
         return until is not None and time.monotonic() < until
 
+    def kerberos_unusable_until(self, target: Target) -> float | None:
+        """When :meth:`kerberos_known_unusable` ends for ``target`` (``time.monotonic``), or
+        ``None`` if it is not so now."""
+        until = self._no_kerberos.get(str(target))
+        return until if until is not None and time.monotonic() < until else None
+
     def probe_lock(self, target: Target) -> threading.Lock:
         """The lock of the one handshake finding out whether Kerberos works for ``target``."""
         spn = str(target)
@@ -261,8 +267,12 @@ class Target:
     service: str
     host: str
 
+    def __post_init__(self) -> None:
+        # Looked up on every request of a Negotiate flow: format it once.
+        object.__setattr__(self, "_spn", f"{self.service}@{self.host}")
+
     def __str__(self) -> str:
-        return f"{self.service}@{self.host}"
+        return self._spn  # type: ignore[attr-defined,no-any-return]
 
 
 def parse_spn(value: str, default_service: str = "HTTP") -> Target:
@@ -343,6 +353,34 @@ def tls_server_end_point(cert_der: bytes) -> bytes:
     return b"tls-server-end-point:" + digest.finalize()
 
 
+def ntlm_spnego_client(credentials: Any, kwargs: dict[str, Any]) -> Any:
+    """A pyspnego SPNEGO client context offering NTLM only.
+
+    pyspnego's SPNEGO always tries every mechanism it has: with GSSAPI present, it first
+    builds a Kerberos context from our NTLM-only credentials, which fails and leaves an
+    exception (and its traceback: a reference cycle holding the whole context) behind, on
+    every handshake: about a third of the SPNEGO cost. There is no public option to leave
+    Kerberos out, so, in this one place, we hand ``NegotiateProxy`` its list of mechanism
+    contexts through its private ``_negotiate_contexts`` argument (pyspnego 0.11; its
+    CredSSP code uses it the same way). ``tests/test_spnego.py::test_private_pyspnego_*``
+    fails if a pyspnego upgrade stops honouring it; any error here falls back to the public
+    call, which produces the same tokens, only slower.
+    """
+    try:
+        from spnego._context import GSSMech
+        from spnego._negotiate import NegotiateProxy
+
+        ntlm = spnego.client(
+            credentials, protocol="ntlm", options=spnego.NegotiateOptions.use_ntlm, **kwargs
+        )
+        ntlm._is_wrapped = True  # as NegotiateProxy marks the contexts it builds itself
+        return NegotiateProxy(
+            credentials, protocol="negotiate", _negotiate_contexts={GSSMech.ntlm: ntlm}, **kwargs
+        )
+    except Exception:  # pragma: no cover - a pyspnego that changed: the public path
+        return spnego.client(credentials, protocol="negotiate", **kwargs)
+
+
 class SecurityContext:
     """One pyspnego client context for one handshake; never shared between flows.
 
@@ -414,14 +452,16 @@ class SecurityContext:
         # the server, so not when mutual authentication is asked for.
         creds_for = "ntlm" if self._ntlm_only else self.protocol
         protocol = "ntlm" if self._ntlm_only and not self._mutual else self.protocol
-        return spnego.client(
-            self._credential.for_spnego(creds_for),
-            hostname=self.target.host,
-            service=self.target.service,
-            channel_bindings=self._cb,
-            context_req=self._req,
-            protocol=protocol,
-        )
+        kwargs: dict[str, Any] = {
+            "hostname": self.target.host,
+            "service": self.target.service,
+            "channel_bindings": self._cb,
+            "context_req": self._req,
+        }
+        credentials = self._credential.for_spnego(creds_for)
+        if self._ntlm_only and protocol == "negotiate":
+            return ntlm_spnego_client(credentials, kwargs)
+        return spnego.client(credentials, protocol=protocol, **kwargs)
 
     @property
     def blocking(self) -> bool:
