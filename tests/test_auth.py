@@ -15,6 +15,7 @@ import pathlib
 import re
 import typing
 
+import anyio
 import httpx
 import pytest
 import spnego
@@ -682,3 +683,86 @@ async def test_auth_flow_keeps_the_callers_own_before_send_hook() -> None:
             )
             assert r.status_code == 200
             assert seen and seen[0] == r.extensions["conn_id"]
+
+
+@pytest.mark.anyio
+async def test_a_burst_on_first_contact_sends_one_anonymous_request() -> None:
+    """30 requests at once on a new client, 10 connections: one flow (the scout) meets the
+    challenge anonymously; the others wait for its first token, then send theirs with their
+    first request. The server sees 1 anonymous 401, 2 token legs per connection and the
+    rest on authenticated connections: 41 requests, not 50."""
+    from httpx_extensions import ExClient
+
+    with AuthServer(users={"alice": "pw"}, domain="EXAMPLE", scheme="ntlm") as server:
+        auth = NTLMAuth("EXAMPLE\\alice", "pw")
+        limits = httpx.Limits(max_connections=10, max_keepalive_connections=10)
+        async with ExClient(auth=auth, limits=limits) as client:
+            statuses: list[int] = []
+
+            async def get() -> None:
+                statuses.append((await client.get(server.url + "/")).status_code)
+
+            async with anyio.create_task_group() as group:
+                for _ in range(30):
+                    group.start_soon(get)
+        assert statuses == [200] * 30
+        assert (server.connections, server.handshakes, server.requests) == (10, 20, 41)
+        assert auth._scouting == {}  # nothing left behind
+
+
+@pytest.mark.anyio
+async def test_scout_waiters_give_up_waiting_after_a_while(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A flow waits for the scout at most SCOUT_WAIT_SECONDS, then goes its own way."""
+    from httpx_extensions import _auth as auth_module
+    from httpx_extensions._flow import _Scout
+
+    monkeypatch.setattr(auth_module, "SCOUT_WAIT_SECONDS", 0.05)
+    auth = NTLMAuth("EXAMPLE\\alice", "pw")
+    origin = ("http", "web.example", None)
+    scout, waiter = _Scout(origin), _Scout(origin)
+    assert await auth._scout(scout) is True
+    with anyio.fail_after(2):
+        assert await auth._scout(waiter) is False  # timed out: the scout never ended
+    auth._end_scout(scout)
+    auth._end_scout(scout)  # idempotent
+    assert auth._scouting == {}
+    assert await auth._scout(_Scout(origin)) is True  # a new scout may go
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("user_file")
+async def test_fast_path_hands_over_to_the_whole_flow_when_it_must() -> None:
+    """After a handshake, requests take the fast path; it hands over to the whole flow for
+    a one-shot body it must not send twice, and when Negotiate's 'Kerberos unusable' verdict
+    expires (Kerberos is then tried again)."""
+    import time
+
+    from httpx_extensions import ExClient
+    from httpx_extensions._spnego import KERBEROS_AVAILABLE
+
+    async def stream() -> typing.AsyncIterator[bytes]:
+        yield b"chunk"
+
+    with AuthServer(users={"alice": "pw"}, domain="EXAMPLE", scheme="negotiate") as server:
+        unbuffered = NTLMAuth("EXAMPLE\\alice", "pw", buffer_body=False)
+        negotiate = NegotiateAuth("EXAMPLE\\alice", "pw")
+        async with ExClient() as client:
+            assert (await client.get(server.url + "/", auth=unbuffered)).status_code == 200
+            assert unbuffered._fast == {} and unbuffered._handshaken
+            assert (await client.get(server.url + "/", auth=unbuffered)).status_code == 200
+            assert len(unbuffered._fast) == 1  # the second request took the fast path
+            with pytest.raises(RequestBodyNotReplayableError):
+                await client.post(server.url + "/", content=stream(), auth=unbuffered)
+
+            for _ in range(2):
+                response = await client.get(server.url + "/", auth=negotiate)
+                assert response.status_code == 200
+                assert response.extensions["auth_mechanism"] == "ntlm"
+            if not KERBEROS_AVAILABLE:
+                return
+            ((origin, fast),) = negotiate._fast.items()
+            negotiate._fast[origin] = fast._replace(until=time.monotonic() - 1)
+            response = await client.get(server.url + "/", auth=negotiate)
+            assert response.status_code == 200 and origin not in negotiate._fast

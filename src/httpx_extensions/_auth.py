@@ -11,11 +11,22 @@ import time
 from collections.abc import AsyncGenerator, Generator, Mapping
 from typing import Any, ClassVar
 
+import anyio
 import anyio.to_thread
 import httpx
 
 from ._exceptions import AuthenticationError, MechanismNotAllowedError, NoCredentialsError
-from ._flow import LRU, AuthIdentity, FlowMixin, Job, log
+from ._flow import (
+    LRU,
+    SCOUT_WAIT_SECONDS,
+    AuthIdentity,
+    FlowMixin,
+    Job,
+    _Fast,
+    _Origin,
+    _Scout,
+    log,
+)
 from ._headers import Challenge
 from ._spnego import (
     KERBEROS_AVAILABLE,
@@ -66,8 +77,11 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
         self._dns = LRU(1024)
         self._pool_aware: bool | None = None
         self._identities: dict[str, AuthIdentity] = {}
-        self._handshaken: dict[tuple[str, str, int | None], tuple[str, str]] = {}
+        self._handshaken: dict[_Origin, tuple[str, str]] = {}
+        #: Origin -> event set when the flow scouting it sent its first token (or ended).
+        self._scouting: dict[_Origin, anyio.Event] = {}
         self._by_host: dict[str, tuple[Target, AuthIdentity]] = {}
+        self._fast: dict[_Origin, _Fast] = {}
         #: SPN -> event set when the flow finding out whether Kerberos works there is done.
         self._probing: dict[str, anyio.Event] = {}
 
@@ -97,6 +111,8 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
                         value = action.fn()
                     except AuthenticationError as exc:
                         error = exc
+                elif isinstance(action, _Scout):
+                    value = False  # threads: no waiting for a scout
                 else:
                     value = yield action
         finally:
@@ -108,7 +124,15 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
         """Run the flow for ``httpx.AsyncClient``/``ExClient``: blocking work in a thread."""
         if self.requires_request_body:
             await request.aread()
-        flow = self._flow(request)
+        steady = self._steady_start(request)
+        if steady is None:
+            flow = self._flow(request)
+        else:  # the fast path: usually one leg on a connection authenticated as us
+            response = yield request
+            if self._steady_end(request, response, steady):
+                return
+            flow = self._flow(request, (steady, response))
+        scout: _Scout | None = None
         try:
             value: Any = None
             error: AuthenticationError | None = None
@@ -118,7 +142,10 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
                 except StopIteration:
                     return
                 value, error = None, None
-                if isinstance(action, Job):
+                if isinstance(action, _Scout):
+                    value = await self._scout(action)
+                    scout = action if value else None
+                elif isinstance(action, Job):
                     try:
                         if action.probe is not None:
                             value = await self._probe_step(action, action.probe)
@@ -134,6 +161,26 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
                     value = yield action
         finally:
             flow.close()
+            if scout is not None:
+                self._end_scout(scout)
+
+    async def _scout(self, job: _Scout) -> bool:
+        # True: this flow scouts job.origin. False: it waited for the scout (bounded).
+        event = self._scouting.get(job.origin)
+        if event is None:
+            self._scouting[job.origin] = job.event = anyio.Event()
+            return True
+        with anyio.move_on_after(SCOUT_WAIT_SECONDS):
+            await event.wait()
+        return False
+
+    def _end_scout(self, job: _Scout | None) -> None:
+        if job is None or job.event is None:
+            return
+        event, job.event = job.event, None
+        if self._scouting.get(job.origin) is event:
+            del self._scouting[job.origin]
+        event.set()
 
     async def _probe_step(self, job: Job, ctx: SecurityContext) -> Any:
         # The first step of a Negotiate context that may have to find out whether Kerberos

@@ -38,6 +38,7 @@ import base64
 import binascii
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Generator, MutableMapping
 from dataclasses import dataclass
@@ -60,11 +61,16 @@ from ._spnego import KERBEROS_AVAILABLE, Credential, SecurityContext, Target, pe
 if TYPE_CHECKING:  # the hook's argument type only: the flow does not depend on the transport
     from ._transport import ConnectionFacts
 
-__all__ = ["AuthIdentity", "FlowMixin", "Job", "LRU"]
+__all__ = ["SCOUT_WAIT_SECONDS", "AuthIdentity", "FlowMixin", "Job", "LRU"]
 
 log = logging.getLogger("httpx_extensions.auth")
 
 _CACHE_SIZE = 4096
+
+#: How long flows on first contact with an origin wait for the scout's first token.
+SCOUT_WAIT_SECONDS = 1.0
+
+_Origin = tuple[str, str, "int | None"]  # scheme, host, port
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,20 @@ class AuthIdentity:
 
     def __hash__(self) -> int:
         return self._hash  # type: ignore[attr-defined,no-any-return]
+
+    def __eq__(self, other: object) -> bool:
+        # Usually the very same instance (one per auth object and SPN): skip the field tuples.
+        if self is other:
+            return True
+        if type(other) is not AuthIdentity:
+            return NotImplemented
+        return self._hash == other._hash and (  # type: ignore[attr-defined]
+            self.scheme,
+            self.principal,
+            self.target,
+            self.credential,
+            self.proxy,
+        ) == (other.scheme, other.principal, other.target, other.credential, other.proxy)
 
 
 class Job:
@@ -161,8 +181,9 @@ class FlowMixin:
     _mutual: bool
     _pool_aware: bool | None
     _identities: dict[str, AuthIdentity]
-    _handshaken: dict[tuple[str, str, int | None], tuple[str, str]]
+    _handshaken: dict[_Origin, tuple[str, str]]
     _by_host: dict[str, tuple[Target, AuthIdentity]]
+    _fast: dict[_Origin, _Fast]
     _canonicalize: bool
     max_legs: int
 
@@ -189,9 +210,82 @@ class FlowMixin:
         raise NotImplementedError
 
     # -- the flow --------------------------------------------------------------------------
-    def _flow(self, request: httpx.Request) -> Generator[httpx.Request | Job, Any, None]:
+    def _steady_start(self, request: httpx.Request) -> _Steady | None:
+        """The fast path's first half, for a request to an origin this auth object already
+        authenticated with (``_handshaken``) through ExClient: tag the request as the flow
+        would and return what :meth:`_steady_end` needs; ``None``: run the whole flow.
+
+        Most requests of a run are of this kind and are answered on a connection already
+        authenticated as us; the fast path sends them without building the flow.
+        """
+        if not self._pool_aware or self._proxy is not None:
+            return None
+        url = request.url
+        origin = (url.scheme, url.host, url.port)
+        fast = self._fast.get(origin)
+        if fast is None:
+            fast = self._fast_entry(origin)
+            if fast is None:
+                return None
+        target, identity, choice, until = fast
+        if until is not None and time.monotonic() >= until:
+            del self._fast[origin]  # Negotiate: time to try Kerberos again (the whole flow)
+            return None
+        if not isinstance(request.stream, httpx.ByteStream):
+            return None
+        preflight = _Preflight(self, choice, target, request)
+        request.extensions = {**request.extensions, "identity": identity, "before_send": preflight}
+        return _Steady(target, identity, origin, preflight)
+
+    def _steady_end(
+        self, request: httpx.Request, response: httpx.Response, steady: _Steady
+    ) -> bool:
+        """The fast path's second half: ``True`` if the flow is done (the common case: no
+        challenge); ``False``: hand ``response`` to the whole flow (``_flow(first=...)``)."""
+        ext = response.extensions
+        self._pool_aware = "conn_id" in ext
+        preflight = steady.preflight
+        assert preflight is not None  # the fast path always sets one (_steady_start)
+        if preflight.ctx is not None:
+            return False  # the hook started a handshake on a new connection
+        if response.status_code == 401 or not _same_origin(request, response):
+            return False
+        preflight.request = None
+        if ext.get("conn_tagged"):  # as _note_reuse, inline: most requests pass here
+            info = _CONNS.peek((ext.get("conn_id"), steady.identity))
+            if info is not None:
+                _set_response_ext(response, info.mechanism)
+        return True
+
+    def _fast_entry(self, origin: _Origin) -> _Fast | None:
+        """Build (and cache) the fast path's facts about ``origin``: ``None`` if its
+        requests need the whole flow (no handshake yet, or no preflight to offer)."""
+        known_host = self._by_host.get(origin[1])
+        known = self._handshaken.get(origin)
+        if known_host is None or known is None:
+            return None
+        target, identity = known_host
+        until: float | None = None
+        if self._kind == "negotiate" and KERBEROS_AVAILABLE:
+            until = self._credential.kerberos_unusable_until(target)
+            if until is None:
+                return None  # Kerberos may work: no NTLM preflight
+        fast = _Fast(target, identity, known, until)
+        if len(self._fast) >= _CACHE_SIZE:
+            self._fast.clear()
+        self._fast[origin] = fast
+        return fast
+
+    def _flow(
+        self, request: httpx.Request, first: tuple[_Steady, httpx.Response] | None = None
+    ) -> Generator[httpx.Request | Job | _Scout, Any, None]:
+        """The whole flow of one request (module doc); with ``first``, from the response to
+        the request :meth:`_steady_start` prepared."""
         status = 407 if self._proxy is not None else 401
         challenge_header = "Proxy-Authenticate" if self._proxy is not None else "WWW-Authenticate"
+        if first is not None:
+            yield from self._legs(request, status, challenge_header, first[0], first[1])
+            return
         host = self._proxy.host if self._proxy is not None else request.url.host
         known_host = self._by_host.get(host)
         if known_host is not None:
@@ -205,6 +299,7 @@ class FlowMixin:
             if not self._canonicalize:  # host -> SPN is then fixed for this auth object
                 if len(self._by_host) >= _CACHE_SIZE:
                     self._by_host.clear()
+                    self._fast.clear()
                 self._by_host[host] = (target, identity)
         if not _replayable(request):
             raise RequestBodyNotReplayableError(
@@ -212,25 +307,33 @@ class FlowMixin:
                 "handshake may have to send it again; pass content=bytes or buffer_body=True",
                 request=request,
             )
-        legs = 0
-        restarted = False
+        preflight: _Preflight | None = None
+        url = request.url
+        origin = (url.scheme, url.host, url.port)
+        proactive = self._proactive_choice(request)
+        if proactive is None:
+            preflight = self._preflight(origin, request, target)
+        scout_job = None
+        if proactive is None and preflight is None and self._may_scout(origin):
+            # First contact with this origin: one flow (the scout) goes ahead; the others
+            # wait for its first token, then start their handshakes without the anonymous
+            # round trip (preflight) where that can work. See _Scout.
+            scout_job = _Scout(origin)
+            scout = yield scout_job
+            if not scout:
+                scout_job = None
+                preflight = self._preflight(origin, request, target)
+                proactive = self._proactive_choice(request) if preflight is None else None
+        if preflight is not None:
+            request.extensions = {
+                **request.extensions,
+                "identity": identity,
+                "before_send": preflight,
+            }
+        else:
+            request.extensions = {**request.extensions, "identity": identity}
         ctx: SecurityContext | None = None
         scheme = ""
-        conn_id: Any = None
-        preflight: _Preflight | None = None
-        proactive = self._proactive_choice(request)
-        if proactive is None and self._pool_aware and self._proxy is None:
-            known = self._handshaken.get(_origin(request.url))
-            if known is not None and (
-                self._kind != "negotiate" or not KERBEROS_AVAILABLE or self._kerberos_failed(target)
-            ):  # Negotiate retries Kerberos once its failure is old (it may work now)
-                # This origin wanted our handshake before: if the pool hands this request a
-                # connection not yet authenticated as us, start the handshake right there.
-                preflight = _Preflight(self, known, target, request)
-        if preflight is not None:
-            _set_ext(request, identity=identity, before_send=preflight)
-        else:
-            _set_ext(request, identity=identity)
         if proactive is not None:
             scheme, protocol = proactive
             try:
@@ -240,21 +343,48 @@ class FlowMixin:
             except AuthenticationError as exc:  # best effort: go anonymous, fail on a 401
                 log.debug("no proactive token for %s: %s", target, type(exc).__name__)
                 ctx = proactive = None
+        steady = _Steady(target, identity, origin, preflight)
+        yield from self._legs(
+            request, status, challenge_header, steady, None, ctx, scheme, proactive, scout_job
+        )
+
+    def _legs(
+        self,
+        request: httpx.Request,
+        status: int,
+        challenge_header: str,
+        steady: _Steady,
+        response: httpx.Response | None,
+        ctx: SecurityContext | None = None,
+        scheme: str = "",
+        proactive: tuple[str, str] | None = None,
+        scout_job: _Scout | None = None,
+    ) -> Generator[httpx.Request | Job, Any, None]:
+        """Send ``request`` and answer challenges (cases 2-5 of the module doc); with
+        ``response``, its first leg was sent already and this is the answer."""
+        target, identity, origin, preflight = steady
+        scout = scout_job is not None
+        legs = 0 if response is None else 1
+        restarted = False
+        conn_id: Any = None
         while True:
-            if legs >= self.max_legs:
-                raise HandshakeError(
-                    f"gave up after {legs} requests for {identity.principal or 'current user'} "
-                    f"to {target}: the server kept answering {status}",
-                    request=request,
-                )
-            legs += 1
-            response = yield request
+            if response is None:
+                if legs >= self.max_legs:
+                    raise HandshakeError(
+                        f"gave up after {legs} requests for "
+                        f"{identity.principal or 'current user'} to {target}: the server kept "
+                        f"answering {status}",
+                        request=request,
+                    )
+                legs += 1
+                response = yield request
             ext = response.extensions
             self._pool_aware = "conn_id" in ext
             if preflight is not None:
                 preflight.request = None  # disarmed: later legs carry their own tokens
                 if preflight.ctx is not None:  # the transport sent its token: a handshake
                     ctx, conn_id = preflight.ctx, preflight.conn_id
+                    preflight.ctx = None  # (the request holds the hook: no reference cycle)
                     scheme, _ = proactive = preflight.choice
                 preflight = None
             if not _same_origin(request, response):
@@ -328,7 +458,13 @@ class FlowMixin:
                 )  # fmt: skip
                 out = yield _first_step(ctx)
                 self._send_token(request, scheme, out, conn_id)
+                if scout:  # the waiting flows may now start as this one did
+                    scout = False
+                    if not ctx.blocking and self._pool_aware:
+                        self._note_handshake(origin, scheme, ctx.protocol)
+                    self._end_scout(scout_job)
                 break
+            response = None
 
     @property
     def _auth_header(self) -> str:
@@ -393,10 +529,7 @@ class FlowMixin:
         if conn_id is not None:
             _CONNS.put((conn_id, identity), _ConnInfo(mechanism, persistent))
             if response.status_code < 400 and persistent and not ctx.blocking:
-                handshaken = self._handshaken
-                if len(handshaken) >= _CACHE_SIZE:
-                    handshaken.clear()
-                handshaken[_origin(request.url)] = (scheme, ctx.protocol)
+                self._note_handshake(_origin(request.url), scheme, ctx.protocol)
         _set_response_ext(response, mechanism)
         fallback = self._kind == "negotiate" and mechanism == "ntlm" and KERBEROS_AVAILABLE
         log.debug(
@@ -404,6 +537,45 @@ class FlowMixin:
             identity, mechanism, ctx.target, conn_id, persistent,
             " (Negotiate fell back to NTLM)" if fallback else "",
         )  # fmt: skip
+
+    def _note_handshake(self, origin: _Origin, scheme: str, protocol: str) -> None:
+        """Remember that ``origin`` wants a connection-bound, non-blocking handshake."""
+        handshaken = self._handshaken
+        if len(handshaken) >= _CACHE_SIZE:
+            handshaken.clear()
+            self._fast.clear()
+        if handshaken.get(origin) != (scheme, protocol):
+            handshaken[origin] = (scheme, protocol)
+            self._fast.pop(origin, None)
+
+    def _preflight(
+        self, origin: _Origin, request: httpx.Request, target: Target
+    ) -> _Preflight | None:
+        """A before_send hook for this request if its origin wanted our handshake before."""
+        if not self._pool_aware or self._proxy is not None:
+            return None
+        known = self._handshaken.get(origin)
+        if known is None or (
+            self._kind == "negotiate" and KERBEROS_AVAILABLE and not self._kerberos_failed(target)
+        ):  # Negotiate retries Kerberos once its failure is old (it may work now)
+            return None
+        # If the pool hands this request a connection not yet authenticated as us, the
+        # handshake starts right there.
+        return _Preflight(self, known, target, request)
+
+    def _may_scout(self, origin: _Origin) -> bool:
+        """Whether flows to ``origin`` should wait for a first one (see :class:`_Scout`)."""
+        if self._proxy is not None or self._pool_aware is False or origin in self._handshaken:
+            return False
+        if self._kind == "ntlm":
+            return True
+        # Negotiate: only a password may end in NTLM, whose first token a preflight sends.
+        return self._kind == "negotiate" and not (
+            KERBEROS_AVAILABLE and self._credential.current_user
+        )
+
+    def _end_scout(self, job: _Scout | None) -> None:
+        raise NotImplementedError
 
     def _identity(self, target: str) -> AuthIdentity:
         """This auth object's identity for ``target``: one shared instance per target, so
@@ -436,6 +608,44 @@ class FlowMixin:
         """Whether a tagged connection that answered 401 may be re-authenticated in place."""
         info = _CONNS.get((conn_id, identity))
         return info is not None and not info.persistent
+
+
+class _Fast(NamedTuple):
+    """What the fast path knows of an origin (``FlowMixin._fast_entry``)."""
+
+    target: Target
+    identity: AuthIdentity
+    choice: tuple[str, str]  # what the preflight sends: (header scheme, pyspnego protocol)
+    until: float | None  # Negotiate: when Kerberos is to be tried again
+
+
+class _Steady(NamedTuple):
+    """What a flow knows before its first leg (see ``FlowMixin._steady_start``)."""
+
+    target: Target
+    identity: AuthIdentity
+    origin: _Origin
+    preflight: _Preflight | None
+
+
+class _Scout:
+    """Yielded by a flow on first contact with an origin; the async driver answers.
+
+    ``True``: this flow is the scout; it calls ``_end_scout`` once its first token is out
+    (the driver calls it too when the flow ends). ``False``: another flow was the scout and
+    this one waited for it (at most :data:`SCOUT_WAIT_SECONDS`); it then looks again at
+    what the scout learnt. The sync driver answers ``False`` at once.
+
+    Why: 100 requests started at once on a new client would otherwise each send an
+    anonymous request only to be told 401, on 100 connections. After the scout's first
+    token, the others send their first token with their first request (``_Preflight``).
+    """
+
+    __slots__ = ("event", "origin")
+
+    def __init__(self, origin: _Origin) -> None:
+        self.origin = origin
+        self.event: Any = None
 
 
 class _Preflight:
@@ -495,7 +705,7 @@ def _credentials(scheme: str, token: bytes) -> str:
     return f"{scheme} {base64.b64encode(token).decode()}"
 
 
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+def _origin(url: httpx.URL) -> _Origin:
     return (url.scheme, url.host, url.port)
 
 

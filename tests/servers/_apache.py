@@ -137,7 +137,8 @@ Timeout 30
 KeepAlive On
 MaxKeepAliveRequests 0
 KeepAliveTimeout 30
-StartServers 1
+StartServers 4
+MinSpareThreads 32
 ServerLimit 4
 ThreadsPerChild 32
 MaxRequestWorkers 128
