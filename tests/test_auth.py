@@ -766,3 +766,23 @@ async def test_fast_path_hands_over_to_the_whole_flow_when_it_must() -> None:
             negotiate._fast[origin] = fast._replace(until=time.monotonic() - 1)
             response = await client.get(server.url + "/", auth=negotiate)
             assert response.status_code == 200 and origin not in negotiate._fast
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_scouts_are_per_event_loop(backend: str) -> None:
+    """A scout left on one event loop (here: a loop that ended with its scout pending) never
+    makes a flow on another loop wait for, or await, that loop's event."""
+    import time
+
+    from httpx_extensions._flow import _Scout
+
+    auth = NTLMAuth("EXAMPLE\\alice", "pw")
+    origin = ("http", "web.example", None)
+
+    async def take(job: _Scout) -> bool:
+        return await auth._scout(job)
+
+    assert anyio.run(take, _Scout(origin), backend=backend) is True  # left pending
+    started = time.monotonic()
+    assert anyio.run(take, _Scout(origin), backend=backend) is True  # not a waiter
+    assert time.monotonic() - started < 0.5

@@ -36,10 +36,10 @@ def ntlm_user(apache: Apache | Squid, user: str) -> str:
     return f"EXAMPLE\\{user}"
 
 
-def legs_per_connection(entries: list[LogEntry]) -> dict[int, int]:
-    """Client port (TCP connection) -> how many of its requests carried auth."""
-    legs = Counter({entry.client_port: 0 for entry in entries})
-    legs.update(entry.client_port for entry in entries if entry.has_auth)
+def legs_per_connection(entries: list[LogEntry]) -> dict[tuple[int, int], int]:
+    """TCP connection (``LogEntry.connection``) -> how many of its requests carried auth."""
+    legs = Counter({entry.connection: 0 for entry in entries})
+    legs.update(entry.connection for entry in entries if entry.has_auth)
     return dict(legs)
 
 

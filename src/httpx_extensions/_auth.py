@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator, Generator, Mapping
 from typing import Any, ClassVar
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import httpx
 
@@ -79,11 +80,11 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
         self._identities: dict[str, AuthIdentity] = {}
         self._handshaken: dict[_Origin, tuple[str, str]] = {}
         #: Origin -> event set when the flow scouting it sent its first token (or ended).
-        self._scouting: dict[_Origin, anyio.Event] = {}
+        self._scouting: dict[tuple[Any, _Origin], anyio.Event] = {}
         self._by_host: dict[str, tuple[Target, AuthIdentity]] = {}
         self._fast: dict[_Origin, _Fast] = {}
         #: SPN -> event set when the flow finding out whether Kerberos works there is done.
-        self._probing: dict[str, anyio.Event] = {}
+        self._probing: dict[tuple[Any, str], anyio.Event] = {}
 
     def __repr__(self) -> str:
         who = self._credential.principal or "<current user>"
@@ -166,9 +167,13 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
 
     async def _scout(self, job: _Scout) -> bool:
         # True: this flow scouts job.origin. False: it waited for the scout (bounded).
-        event = self._scouting.get(job.origin)
+        # Keyed by event loop too: one auth object may serve flows on several loops
+        # (threads), and an event can only be awaited on its own.
+        key = (anyio.lowlevel.current_token(), job.origin)
+        event = self._scouting.get(key)
         if event is None:
-            self._scouting[job.origin] = job.event = anyio.Event()
+            self._scouting[key] = job.event = anyio.Event()
+            job.key = key
             return True
         with anyio.move_on_after(SCOUT_WAIT_SECONDS):
             await event.wait()
@@ -178,15 +183,15 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
         if job is None or job.event is None:
             return
         event, job.event = job.event, None
-        if self._scouting.get(job.origin) is event:
-            del self._scouting[job.origin]
+        if self._scouting.get(job.key) is event:
+            del self._scouting[job.key]
         event.set()
 
     async def _probe_step(self, job: Job, ctx: SecurityContext) -> Any:
         # The first step of a Negotiate context that may have to find out whether Kerberos
         # works for its SPN: one flow finds out (KDC/DNS, in a thread); the others wait here,
         # on the event loop, then run NTLM inline or Kerberos in a thread.
-        key = str(ctx.target)
+        key = (anyio.lowlevel.current_token(), str(ctx.target))  # per loop: see _scout
         probing = self._probing
         while (event := probing.get(key)) is not None:
             await event.wait()

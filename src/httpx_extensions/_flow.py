@@ -26,6 +26,12 @@ also sets a ``before_send`` hook: if the pool hands the request a connection not
 authenticated as us, the hook starts the handshake there, in that same request (case 5
 follows), saving the anonymous round trip that would only fetch a 401.
 
+At volume (docs/internals.md, "Auth flows at volume"): on first contact with an origin one
+flow (the scout, :class:`_Scout`) meets the challenge while the others wait for its first
+token, so they can use that hook too; afterwards requests take a fast path
+(:meth:`FlowMixin._steady_start` / :meth:`FlowMixin._steady_end`) that hands the response
+to the whole flow (``_flow(first=...)``) only when there is something to answer.
+
 The flow never knows about pools: it reads and writes extension keys only. A plain
 ``httpx.AsyncClient`` reports no ``conn_id``: then the flow sends its first token with the
 first request (proactive) where no channel binding is needed before the connection is
@@ -641,11 +647,12 @@ class _Scout:
     token, the others send their first token with their first request (``_Preflight``).
     """
 
-    __slots__ = ("event", "origin")
+    __slots__ = ("event", "key", "origin")
 
     def __init__(self, origin: _Origin) -> None:
         self.origin = origin
-        self.event: Any = None
+        self.event: Any = None  # the scout's, until it ends
+        self.key: Any = None  # (event loop, origin)
 
 
 class _Preflight:

@@ -51,9 +51,9 @@ def test_fetch_5000_from_apache(apache: Apache, location: str, tmp_path: Path) -
     assert _row(result.stdout, "handshakes") == connections
     path = base.split(str(apache.port), 1)[1]
     entries = apache.access_log.wait(COUNT, mark, path, timeout=10)
-    assert len({e.client_port for e in entries}) == connections
+    assert len({e.connection for e in entries}) == connections
     legs_per_handshake = 2 if location == "ntlm_cb" else 1
-    auth_legs = collections.Counter(e.client_port for e in entries if e.has_auth)
+    auth_legs = collections.Counter(e.connection for e in entries if e.has_auth)
     assert set(auth_legs.values()) == {legs_per_handshake}, auth_legs
 
     # A re-run with the same --out skips all 5,000: nothing reaches Apache.

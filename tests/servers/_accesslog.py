@@ -5,9 +5,11 @@ Both servers write one line a request, fields separated by single spaces::
     <client port> <index on the connection|-> <status> <auth 1|-> <user|-> "<request line>"
 
 The auth field says only whether the request carried ``Authorization`` (Apache) or
-``Proxy-Authorization`` (squid): tokens are never written. Distinct client ports in a
-short window are distinct TCP connections, so a test can tell how many handshakes a
-client made (requests with auth) and over how many connections.
+``Proxy-Authorization`` (squid): tokens are never written. A TCP connection is a client port
+and, for Apache, a run of lines on it starting at index 0: on loopback Linux reuses a port
+as soon as its connection is closed (``tcp_tw_reuse=2``), so one port may carry several
+connections in a test. ``LogEntry.connection`` names the connection; a test can tell how many
+handshakes a client made (requests with auth) and over how many connections.
 
 A session-scoped server is shared by many tests: take :meth:`AccessLog.mark` before
 the requests under test and pass it as ``since``. Servers write the line after the
@@ -16,6 +18,7 @@ response went out, so :meth:`AccessLog.wait` polls until the expected lines are 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections import Counter
@@ -45,6 +48,8 @@ class LogEntry:
     method: str
     #: The request target: a path for Apache, an absolute URL for squid.
     target: str
+    #: (client port, how many earlier connections the log shows on that port).
+    connection: tuple[int, int] = (0, 0)
 
     @property
     def path(self) -> str:
@@ -103,16 +108,26 @@ class AccessLog:
         """
         try:
             with self.path.open("rb") as log:
-                log.seek(since)
-                text = log.read().decode("utf-8", "replace")
+                data = log.read()
         except FileNotFoundError:
             return []
-        found = (parse_line(line) for line in text.splitlines())
-        return [
-            entry
-            for entry in found
-            if entry is not None and (location is None or entry.path.startswith(location))
-        ]
+        generation: dict[int, int] = {}  # port -> connections seen on it so far
+        found: list[LogEntry] = []
+        offset = 0
+        for raw in data.splitlines(keepends=True):
+            start, offset = offset, offset + len(raw)
+            entry = parse_line(raw.decode("utf-8", "replace"))
+            if entry is None:
+                continue
+            port = entry.client_port
+            if port not in generation:
+                generation[port] = 0
+            elif entry.index == 0:  # Apache: a new connection on a reused port
+                generation[port] += 1
+            if start < since or (location is not None and not entry.path.startswith(location)):
+                continue
+            found.append(dataclasses.replace(entry, connection=(port, generation[port])))
+        return found
 
     def wait(
         self, count: int, since: int = 0, location: str | None = None, timeout: float = 3.0
@@ -137,7 +152,7 @@ class AccessLog:
         return LogSummary(
             requests=len(found),
             auth_requests=sum(entry.has_auth for entry in found),
-            connections=len({entry.client_port for entry in found}),
+            connections=len({entry.connection for entry in found}),
             statuses=dict(Counter(entry.status for entry in found)),
         )
 
@@ -146,5 +161,5 @@ class AccessLog:
         return self.summary(since, location).auth_requests
 
     def connections(self, since: int = 0, location: str | None = None) -> int:
-        """Count distinct client ports, i.e. TCP connections."""
+        """Count TCP connections (see :attr:`LogEntry.connection`)."""
         return self.summary(since, location).connections

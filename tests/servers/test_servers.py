@@ -165,7 +165,7 @@ def test_ntlm_three_legs_on_one_connection(apache: Apache, location: str, connec
     assert _get(conn, path).status == 200
     assert _get(connect(apache.url), path).status == 401
     entries = apache.access_log.wait(5, mark, path)
-    per_connection = Counter(e.client_port for e in entries)
+    per_connection = Counter(e.connection for e in entries)
     assert sorted(per_connection.values()) == [1, 4]
     assert sorted(e.index or 0 for e in entries) == [0, 0, 1, 2, 3]
     summary = apache.access_log.summary(mark, path)
@@ -239,3 +239,29 @@ def test_nginx_serves_json_with_keep_alive(nginx: Nginx, connect: Connect) -> No
         assert body == nginx.body and len(body) == 1024
         assert json.loads(body)["service"]
         assert not response.will_close
+
+
+def test_access_log_tells_connections_on_a_reused_port_apart(tmp_path: Path) -> None:
+    """Loopback reuses a closed connection's port at once (tcp_tw_reuse=2): a run of lines
+    restarting at index 0 on a port is another connection. Squid logs no index: port only."""
+    from ._accesslog import AccessLog
+
+    log = tmp_path / "access.log"
+    lines = [
+        '5000 0 401 - - "GET /a HTTP/1.1"',
+        '5000 1 200 1 alice "GET /a HTTP/1.1"',
+        '5001 0 200 - - "GET /a HTTP/1.1"',
+        '5000 0 401 - - "GET /b HTTP/1.1"',  # port 5000 again: a new connection
+        '5000 1 200 1 bob "GET /b HTTP/1.1"',
+        '6000 - 200 1 carol "GET http://x/ HTTP/1.1"',
+        '6000 - 200 - carol "GET http://x/ HTTP/1.1"',
+    ]
+    log.write_text("\n".join(lines[:2]) + "\n")
+    access = AccessLog(log)
+    mark = access.mark()
+    log.write_text("\n".join(lines) + "\n")
+    assert [e.connection for e in access.entries()] == [
+        (5000, 0), (5000, 0), (5001, 0), (5000, 1), (5000, 1), (6000, 0), (6000, 0)
+    ]  # fmt: skip
+    assert [e.connection for e in access.entries(mark, "/b")] == [(5000, 1), (5000, 1)]
+    assert access.summary().connections == 4
