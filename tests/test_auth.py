@@ -786,3 +786,48 @@ def test_scouts_are_per_event_loop(backend: str) -> None:
     started = time.monotonic()
     assert anyio.run(take, _Scout(origin), backend=backend) is True  # not a waiter
     assert time.monotonic() - started < 0.5
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("user_file")
+async def test_per_origin_caches_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The auth object's per-host and per-origin caches (SPN and identity by host, origins
+    that handshook, fast-path facts) are cleared when full, and flows stay correct."""
+    from httpx_extensions import _flow
+
+    monkeypatch.setattr(_flow, "_CACHE_SIZE", 2)
+    server = FakeServer()
+    auth = NTLMAuth("EXAMPLE\\alice", "pw")
+    async with _client(server) as client:
+        for _ in range(2):
+            for host in ("h1", "h2", "h3"):
+                response = await client.get(f"http://{host}/", auth=auth)
+                assert response.status_code == 200
+                assert response.extensions["auth_mechanism"] == "ntlm"
+    caches = (auth._by_host, auth._fast, auth._handshaken, auth._identities)
+    assert all(len(cache) <= 2 for cache in caches)
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("user_file")
+async def test_a_leg_redirected_to_another_origin_is_not_answered() -> None:
+    """A leg that httpx redirected elsewhere (follow_redirects) ends the flow: its answer is
+    not ours to handle, on the full flow and on the fast path alike."""
+    server = FakeServer()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        ext = {"conn_id": "other"}  # as ExClient reports it on every response
+        if request.url.host == "elsewhere":
+            return httpx.Response(200, json={"user": None}, extensions=ext)
+        if request.url.path == "/moved":
+            return httpx.Response(302, headers={"Location": "http://elsewhere/"}, extensions=ext)
+        return server(request)
+
+    auth = NTLMAuth("EXAMPLE\\alice", "pw")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        for _ in range(2):  # the first before any handshake, the second on the fast path
+            response = await client.get("http://h/moved", auth=auth, follow_redirects=True)
+            assert response.status_code == 200 and response.url.host == "elsewhere"
+            assert "auth_mechanism" not in response.extensions
+            assert (await client.get("http://h/", auth=auth)).status_code == 200
+    assert server.handshakes == 1
