@@ -79,11 +79,13 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
         self._pool_aware: bool | None = None
         self._identities: dict[str, AuthIdentity] = {}
         self._handshaken: dict[_Origin, tuple[str, str]] = {}
-        #: Origin -> event set when the flow scouting it sent its first token (or ended).
+        #: (event loop, origin) -> event set when the flow scouting that origin sent its first
+        #: token or ended (see _scout).
         self._scouting: dict[tuple[Any, _Origin], anyio.Event] = {}
         self._by_host: dict[str, tuple[Target, AuthIdentity]] = {}
         self._fast: dict[_Origin, _Fast] = {}
-        #: SPN -> event set when the flow finding out whether Kerberos works there is done.
+        #: (event loop, SPN) -> event set when the flow finding out whether Kerberos works
+        #: there is done.
         self._probing: dict[tuple[Any, str], anyio.Event] = {}
 
     def __repr__(self) -> str:
