@@ -831,3 +831,45 @@ async def test_a_leg_redirected_to_another_origin_is_not_answered() -> None:
             assert "auth_mechanism" not in response.extensions
             assert (await client.get("http://h/", auth=auth)).status_code == 200
     assert server.handshakes == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("user_file")
+async def test_a_failed_send_leaves_no_reference_cycle() -> None:
+    """When sending fails, the request and its first-token hook are freed by reference
+    counting (the hook's link back to its request is cut), on the fast path and on the
+    full flow alike."""
+    import gc
+    import weakref
+
+    server = FakeServer()
+    failing = {"on": False}
+    seen: list[weakref.ref[httpx.Request]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if failing["on"]:
+            raise httpx.ConnectError("refused", request=request)
+        return server(request)
+
+    async def capture(request: httpx.Request) -> None:
+        seen.append(weakref.ref(request))
+
+    auth = NTLMAuth("EXAMPLE\\alice", "pw")
+    transport = httpx.MockTransport(handler)
+    async with httpx.AsyncClient(transport=transport, event_hooks={"request": [capture]}) as c:
+        assert (await c.get("http://h/", auth=auth)).status_code == 200  # a handshake
+        gc.collect()
+        gc.disable()
+        try:
+            failing["on"] = True
+            for path in ("/", "/x"):  # the fast path; then a first contact (full flow)
+                seen.clear()
+                if path == "/x":  # forget the host (not the origin): the full flow runs,
+                    auth._fast.clear()  # and still sets a first-token hook
+                    auth._by_host.clear()
+                    auth._pool_aware = True
+                with pytest.raises(httpx.ConnectError):
+                    await c.get("http://h" + path, auth=auth)
+                assert seen and seen[0]() is None
+        finally:
+            gc.enable()

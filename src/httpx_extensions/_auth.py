@@ -131,7 +131,12 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
         if steady is None:
             flow = self._flow(request)
         else:  # the fast path: usually one leg on a connection authenticated as us
-            response = yield request
+            try:
+                response = yield request
+            except BaseException:  # the send failed: no request <-> hook cycle left behind
+                if steady.preflight is not None:
+                    steady.preflight.request = None
+                raise
             if self._steady_end(request, response, steady):
                 return
             flow = self._flow(request, (steady, response))

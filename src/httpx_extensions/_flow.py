@@ -368,6 +368,27 @@ class FlowMixin:
     ) -> Generator[httpx.Request | Job, Any, None]:
         """Send ``request`` and answer challenges (cases 2-5 of the module doc); with
         ``response``, its first leg was sent already and this is the answer."""
+        try:
+            yield from self._answer(
+                request, status, challenge_header, steady, response, ctx, scheme, proactive,
+                scout_job,
+            )  # fmt: skip
+        finally:
+            if steady.preflight is not None:  # however the flow ends: no request <-> hook
+                steady.preflight.request = None  # reference cycle left behind
+
+    def _answer(
+        self,
+        request: httpx.Request,
+        status: int,
+        challenge_header: str,
+        steady: _Steady,
+        response: httpx.Response | None,
+        ctx: SecurityContext | None = None,
+        scheme: str = "",
+        proactive: tuple[str, str] | None = None,
+        scout_job: _Scout | None = None,
+    ) -> Generator[httpx.Request | Job, Any, None]:
         target, identity, origin, preflight = steady
         scout = scout_job is not None
         legs = 0 if response is None else 1
