@@ -134,8 +134,8 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
             try:
                 response = yield request
             except BaseException:  # the send failed: no request <-> hook cycle left behind
-                if steady.preflight is not None:
-                    steady.preflight.request = None
+                if steady[3] is not None:
+                    steady[3].request = None
                 raise
             if self._steady_end(request, response, steady):
                 return

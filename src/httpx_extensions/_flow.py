@@ -241,7 +241,7 @@ class FlowMixin:
             return None
         preflight = _Preflight(self, choice, target, request)
         request.extensions = {**request.extensions, "identity": identity, "before_send": preflight}
-        return _Steady(target, identity, origin, preflight)
+        return (target, identity, origin, preflight)  # a _Steady (a tuple: the cheapest)
 
     def _steady_end(
         self, request: httpx.Request, response: httpx.Response, steady: _Steady
@@ -250,7 +250,7 @@ class FlowMixin:
         challenge); ``False``: hand ``response`` to the whole flow (``_flow(first=...)``)."""
         ext = response.extensions
         self._pool_aware = "conn_id" in ext
-        preflight = steady.preflight
+        preflight = steady[3]
         assert preflight is not None  # the fast path always sets one (_steady_start)
         if preflight.ctx is not None:
             return False  # the hook started a handshake on a new connection
@@ -258,7 +258,7 @@ class FlowMixin:
             return False
         preflight.request = None
         if ext.get("conn_tagged"):  # as _note_reuse, inline: most requests pass here
-            info = _CONNS.peek((ext.get("conn_id"), steady.identity))
+            info = _CONNS.peek((ext.get("conn_id"), steady[1]))
             if info is not None:
                 _set_response_ext(response, info.mechanism)
         return True
@@ -349,7 +349,7 @@ class FlowMixin:
             except AuthenticationError as exc:  # best effort: go anonymous, fail on a 401
                 log.debug("no proactive token for %s: %s", target, type(exc).__name__)
                 ctx = proactive = None
-        steady = _Steady(target, identity, origin, preflight)
+        steady: _Steady = (target, identity, origin, preflight)
         yield from self._legs(
             request, status, challenge_header, steady, None, ctx, scheme, proactive, scout_job
         )
@@ -374,8 +374,8 @@ class FlowMixin:
                 scout_job,
             )  # fmt: skip
         finally:
-            if steady.preflight is not None:  # however the flow ends: no request <-> hook
-                steady.preflight.request = None  # reference cycle left behind
+            if steady[3] is not None:  # however the flow ends: no request <-> hook
+                steady[3].request = None  # reference cycle left behind
 
     def _answer(
         self,
@@ -646,13 +646,9 @@ class _Fast(NamedTuple):
     until: float | None  # Negotiate: when Kerberos is to be tried again
 
 
-class _Steady(NamedTuple):
-    """What a flow knows before its first leg (see ``FlowMixin._steady_start``)."""
-
-    target: Target
-    identity: AuthIdentity
-    origin: _Origin
-    preflight: _Preflight | None
+#: What a flow knows before its first leg (see ``FlowMixin._steady_start``): target,
+#: identity, origin, first-token hook. A plain tuple: built for every request.
+_Steady = tuple[Target, AuthIdentity, _Origin, "_Preflight | None"]
 
 
 class _Scout:
