@@ -290,7 +290,9 @@ class FlowMixin:
         status = 407 if self._proxy is not None else 401
         challenge_header = "Proxy-Authenticate" if self._proxy is not None else "WWW-Authenticate"
         if first is not None:
-            yield from self._legs(request, status, challenge_header, first[0], first[1])
+            yield from _unhooking(
+                first[0], self._legs(request, status, challenge_header, first[0], first[1])
+            )
             return
         host = self._proxy.host if self._proxy is not None else request.url.host
         known_host = self._by_host.get(host)
@@ -350,8 +352,11 @@ class FlowMixin:
                 log.debug("no proactive token for %s: %s", target, type(exc).__name__)
                 ctx = proactive = None
         steady: _Steady = (target, identity, origin, preflight)
-        yield from self._legs(
-            request, status, challenge_header, steady, None, ctx, scheme, proactive, scout_job
+        yield from _unhooking(
+            steady,
+            self._legs(
+                request, status, challenge_header, steady, None, ctx, scheme, proactive, scout_job
+            ),
         )
 
     def _legs(
@@ -367,28 +372,8 @@ class FlowMixin:
         scout_job: _Scout | None = None,
     ) -> Generator[httpx.Request | Job, Any, None]:
         """Send ``request`` and answer challenges (cases 2-5 of the module doc); with
-        ``response``, its first leg was sent already and this is the answer."""
-        try:
-            yield from self._answer(
-                request, status, challenge_header, steady, response, ctx, scheme, proactive,
-                scout_job,
-            )  # fmt: skip
-        finally:
-            if steady[3] is not None:  # however the flow ends: no request <-> hook
-                steady[3].request = None  # reference cycle left behind
-
-    def _answer(
-        self,
-        request: httpx.Request,
-        status: int,
-        challenge_header: str,
-        steady: _Steady,
-        response: httpx.Response | None,
-        ctx: SecurityContext | None = None,
-        scheme: str = "",
-        proactive: tuple[str, str] | None = None,
-        scout_job: _Scout | None = None,
-    ) -> Generator[httpx.Request | Job, Any, None]:
+        ``response``, its first leg was sent already and this is the answer. Run it through
+        :func:`_unhooking`."""
         target, identity, origin, preflight = steady
         scout = scout_job is not None
         legs = 0 if response is None else 1
@@ -722,6 +707,18 @@ class _Preflight:
             facts.conn_id, cert is not None,
         )  # fmt: skip
         return [(auth._auth_header.encode(), _credentials(scheme, token).encode())]
+
+
+def _unhooking(
+    steady: _Steady, legs: Generator[httpx.Request | Job, Any, None]
+) -> Generator[httpx.Request | Job, Any, None]:
+    """Run a flow's ``legs``; however they end (a failed send too), cut the first-token
+    hook's link back to its request, so no request <-> hook reference cycle is left."""
+    try:
+        yield from legs
+    finally:
+        if steady[3] is not None:
+            steady[3].request = None
 
 
 def _credentials(scheme: str, token: bytes) -> str:
