@@ -59,3 +59,22 @@ def test_bench_quick_runs_and_prints_a_table(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     assert data["runs"], "no runs recorded"
     assert {"runs", "medians", "targets", "environment"} <= set(data)
+
+
+@pytest.mark.timeout(120)
+def test_auth_phases_runs_against_the_embedded_server() -> None:
+    """bench/auth_phases.py (where authenticated runs spend their extra CPU) runs and prints
+    its split for each column; the figures themselves are not checked."""
+    proc = subprocess.run(
+        [
+            sys.executable, str(ROOT / "bench" / "auth_phases.py"), "--server", "embedded",
+            "--requests", "200", "--concurrency", "10", "--rounds", "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "extra first" in proc.stdout
+    assert "negotiate:" in proc.stdout and "ntlm:" in proc.stdout
