@@ -3,10 +3,11 @@
 A diagnostic, not a benchmark with targets (those are in ``bench/auth.py``). Each run sends
 ``--requests`` GETs with ``--concurrency`` workers on a fresh ExClient (pool = concurrency),
 anonymously to ``/anon/`` or with NegotiateAuth / NTLMAuth to the connection-bound NTLM
-location, and records this process's CPU (``getrusage``) and wall time when the first
-``--concurrency`` requests are done (the phase holding every handshake) and at the end, plus
-the garbage collector's time. Rounds are interleaved; medians are printed, and each
-column's extra CPU over the anonymous one, split into the two phases.
+location, and records this process's CPU (``getrusage``) and wall time, and how many
+requests were done, when every worker has had its first answer (the phase that holds every
+handshake: one per connection), and at the end, plus the garbage collector's time. Rounds
+are interleaved; medians are printed, and each column's extra CPU over the anonymous one,
+split into the handshake phase and a cost per later request.
 
     python bench/auth_phases.py                    # KDC + Apache (root), 5 rounds
     python bench/auth_phases.py --server embedded  # the pure-Python AuthServer
@@ -31,7 +32,8 @@ from auth import Target, apache_target, cpu_seconds, embedded_target  # noqa: E4
 from httpx_extensions import ExClient, NegotiateAuth, NTLMAuth  # noqa: E402
 
 COLUMNS = {"anon": None, "negotiate": NegotiateAuth, "ntlm": NTLMAuth}
-Phases = tuple[float, float, float, float, float]  # cpu1, wall1, cpu, wall, gc (seconds)
+#: CPU and wall at the end of the first phase, requests done then, CPU, wall, GC (seconds).
+Phases = tuple[float, float, float, float, float, float]
 
 
 class _GcClock:
@@ -57,23 +59,26 @@ def one_run(t: Target, column: str, requests: int, concurrency: int, clock: _GcC
         auth = auth_class(t.username, t.password) if auth_class else None
         url = t.auth_url if auth else t.anon_url
         async with ExClient(limits=limits, timeout=30) as client:
-            left, done, first = requests, 0, (0.0, 0.0)
+            left, done, answered, first = requests, 0, 0, (0.0, 0.0, 0.0)
             gc0, c0, w0 = clock.total, cpu_seconds(), time.perf_counter()
 
             async def worker() -> None:
-                nonlocal left, done, first
+                nonlocal left, done, answered, first
+                mine = 0
                 while left > 0:
                     left -= 1
                     response = await client.get(url, auth=auth or httpx.USE_CLIENT_DEFAULT)
                     if response.status_code != 200:
                         raise RuntimeError(f"{column}: {response.status_code}")
-                    done += 1
-                    if done == concurrency:
-                        first = (cpu_seconds() - c0, time.perf_counter() - w0)
+                    done, mine = done + 1, mine + 1
+                    if mine == 1:
+                        answered += 1
+                        if answered == concurrency:  # every worker had its first answer
+                            first = (cpu_seconds() - c0, time.perf_counter() - w0, done)
 
             await asyncio.gather(*(worker() for _ in range(concurrency)))
             end = (cpu_seconds() - c0, time.perf_counter() - w0)
-            return first[0], first[1], end[0], end[1], clock.total - gc0
+            return first[0], first[1], first[2], end[0], end[1], clock.total - gc0
 
     return asyncio.run(go())
 
@@ -98,32 +103,34 @@ def main() -> None:
                     one_run(target, name, args.requests, args.concurrency, clock)
                 )  # fmt: skip
 
-    def med(name: str, i: int) -> float:
-        return statistics.median(run[i] for run in runs[name]) * 1e3
+    def med(name: str, i: int) -> float:  # a median; times in ms
+        value = statistics.median(run[i] for run in runs[name])
+        return value if i == 2 else value * 1e3
 
     n, c = args.requests, args.concurrency
     print(
-        f"\n{n} GETs, concurrency = pool = {c}, {args.rounds} interleaved rounds, medians "
-        f"(ms); server: {args.server}"
+        f"\n{n} GETs, concurrency = pool = {c}, {args.rounds} interleaved rounds, medians; "
+        f"server: {args.server}"
     )
     header = (
-        f"{'column':10} {'CPU first ' + str(c):>15} {'CPU rest':>9} {'CPU all':>8} "
-        f"{'wall all':>9} {'GC':>6} {'extra first':>12} {'extra rest':>11}"
+        f"{'column':10} {'phase 1 reqs':>12} {'phase 1 ms':>10} {'later us/req':>12} "
+        f"{'CPU ms':>7} {'wall ms':>8} {'GC ms':>6} {'extra phase 1 ms':>16} "
+        f"{'extra later us/req':>18}"
     )
     print(header)
     print("-" * len(header))
+
+    def later(name: str) -> float:  # CPU per request after phase 1, µs
+        return (med(name, 3) - med(name, 0)) / (n - med(name, 2)) * 1e3
+
     for name in names:
-        first, total = med(name, 0), med(name, 2)
-        extra_first = first - med("anon", 0)
-        extra_rest = (total - first) - (med("anon", 2) - med("anon", 0))
+        extra_later = later(name) - later("anon")
+        extra_first = med(name, 3) - med("anon", 3) - extra_later * (n - med(name, 2)) / 1e3
         print(
-            f"{name:10} {first:15.0f} {total - first:9.0f} {total:8.0f} {med(name, 3):9.0f} "
-            f"{med(name, 4):6.0f} {extra_first:12.0f} {extra_rest:11.0f}"
+            f"{name:10} {med(name, 2):12.0f} {med(name, 0):10.0f} {later(name):12.1f} "
+            f"{med(name, 3):7.0f} {med(name, 4):8.0f} {med(name, 5):6.0f} {extra_first:16.0f} "
+            f"{extra_later:18.1f}"
         )
-    rest = n - c
-    for name in names[1:]:
-        per = ((med(name, 2) - med(name, 0)) - (med("anon", 2) - med("anon", 0))) / rest * 1e3
-        print(f"{name}: {per:.1f} us extra CPU per request after the first {c}")
 
 
 if __name__ == "__main__":
