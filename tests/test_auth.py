@@ -608,6 +608,10 @@ def test_first_token_hook_only_for_its_request_on_an_unauthenticated_connection(
     assert headers is not None and headers[0][0] == b"Authorization"
     assert headers[0][1].startswith(b"NTLM TlRMTVNTUAAB")  # an NTLM NEGOTIATE message
     assert hook.ctx is not None and hook.conn_id == "conn-2"
+    # A request sent again still carries this hook: the next flow's hook does not chain it.
+    request.extensions = {**request.extensions, "before_send": hook}
+    again = _Preflight(auth, ("NTLM", "ntlm"), Target("HTTP", "web.example"), request)
+    assert again.inner is None
 
 
 def test_first_token_hook_gives_way_when_it_cannot_make_a_token(
@@ -665,24 +669,33 @@ async def test_before_send_hook_that_raises_leaves_the_pool_whole() -> None:
 
 @pytest.mark.anyio
 async def test_auth_flow_keeps_the_callers_own_before_send_hook() -> None:
-    """A before_send hook the caller put on the request survives an auth flow that has no
-    first-token hook of its own to set (it used to be removed)."""
+    """A before_send hook the caller put on the request survives an auth flow: one that has
+    no first-token hook of its own to set (it used to be removed), and one that has (the
+    fast path, and a handshake on a new connection): the caller's hook is still called, and
+    the headers of both reach the wire."""
     from httpx_extensions import ExClient
 
     seen: list[str] = []
 
-    def mine(request: httpx.Request, facts: typing.Any) -> None:
+    def mine(request: httpx.Request, facts: typing.Any) -> list[tuple[bytes, bytes]]:
         seen.append(facts.conn_id)
+        return [(b"X-Mine", b"1")]
 
+    auth = NTLMAuth("EXAMPLE\\alice", "pw")
     with AuthServer(users={"alice": "pw"}, domain="EXAMPLE", scheme="ntlm") as server:
         async with ExClient() as client:
-            r = await client.get(
-                server.url + "/",
-                auth=NTLMAuth("EXAMPLE\\alice", "pw"),
-                extensions={"before_send": mine},
-            )
-            assert r.status_code == 200
-            assert seen and seen[0] == r.extensions["conn_id"]
+            for extensions in ({}, {"new_connection": True}):  # first contact, then...
+                seen.clear()
+                r = await client.get(
+                    server.url + "/", auth=auth, extensions={"before_send": mine, **extensions}
+                )
+                assert r.status_code == 200
+                assert seen and seen[-1] == r.extensions["conn_id"]
+                assert "x-mine" in r.extensions["before_send_headers"]
+            # ...a new connection on the fast path: our first token and the caller's header
+            assert auth._fast and r.extensions["conn_requests"] == 2
+            assert set(r.extensions["before_send_headers"]) == {"x-mine"}  # its 2nd leg
+            assert r.history and "authorization" in r.history[0].extensions["before_send_headers"]
 
 
 @pytest.mark.anyio

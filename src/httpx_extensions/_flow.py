@@ -665,10 +665,11 @@ class _Preflight:
     not yet authenticated as this identity (a new one, typically), the hook creates the
     security context for *that* connection (its certificate for channel bindings) and adds
     the first token to the request: the anonymous round trip that would only fetch a 401
-    is saved. On a connection already authenticated as us it adds nothing.
+    is saved. On a connection already authenticated as us it adds nothing. A ``before_send``
+    hook the caller had put on the request is kept: it is called first, as it would have been.
     """
 
-    __slots__ = ("auth", "choice", "conn_id", "ctx", "request", "target")
+    __slots__ = ("auth", "choice", "conn_id", "ctx", "inner", "request", "target")
 
     def __init__(
         self, auth: FlowMixin, choice: tuple[str, str], target: Target, request: httpx.Request
@@ -680,8 +681,20 @@ class _Preflight:
         self.request: httpx.Request | None = request
         self.ctx: SecurityContext | None = None
         self.conn_id: Any = None
+        inner = request.extensions.get("before_send")
+        #: The caller's own hook (never one of ours, left on a request sent again).
+        self.inner: Any = None if isinstance(inner, _Preflight) else inner
 
     def __call__(
+        self, request: httpx.Request, facts: ConnectionFacts
+    ) -> list[tuple[bytes, bytes]] | None:
+        if self.inner is None:
+            return self._first_token(request, facts)
+        extra = self.inner(request, facts)
+        ours = self._first_token(request, facts)
+        return [*extra, *ours] if extra and ours else (ours or extra)
+
+    def _first_token(
         self, request: httpx.Request, facts: ConnectionFacts
     ) -> list[tuple[bytes, bytes]] | None:
         if request is not self.request or facts.tagged:
