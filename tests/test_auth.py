@@ -784,9 +784,8 @@ async def test_fast_path_hands_over_to_the_whole_flow_when_it_must() -> None:
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_scouts_are_per_event_loop(backend: str) -> None:
     """A scout left on one event loop (here: a loop that ended with its scout pending) never
-    makes a flow on another loop wait for, or await, that loop's event."""
-    import time
-
+    makes a flow on another loop wait for, or await, that loop's event: the flow on the new
+    loop becomes its scout (a waiter would get False, or an error from a foreign event)."""
     from httpx_extensions._flow import _Scout
 
     auth = NTLMAuth("EXAMPLE\\alice", "pw")
@@ -796,9 +795,7 @@ def test_scouts_are_per_event_loop(backend: str) -> None:
         return await auth._scout(job)
 
     assert anyio.run(take, _Scout(origin), backend=backend) is True  # left pending
-    started = time.monotonic()
     assert anyio.run(take, _Scout(origin), backend=backend) is True  # not a waiter
-    assert time.monotonic() - started < 0.5
 
 
 @pytest.mark.anyio

@@ -257,26 +257,20 @@ class FlowMixin:
         if response.status_code == 401 or not _same_origin(request, response):
             return False
         preflight.request = None
-        if ext.get("conn_tagged"):  # as _note_reuse, inline: most requests pass here
-            info = _CONNS.peek((ext.get("conn_id"), steady[1]))
-            if info is not None:
-                _set_response_ext(response, info.mechanism)
+        self._note_reuse(response, steady[1])
         return True
 
     def _fast_entry(self, origin: _Origin) -> _Fast | None:
         """Build (and cache) the fast path's facts about ``origin``: ``None`` if its
         requests need the whole flow (no handshake yet, or no preflight to offer)."""
         known_host = self._by_host.get(origin[1])
-        known = self._handshaken.get(origin)
-        if known_host is None or known is None:
+        if known_host is None:
             return None
         target, identity = known_host
-        until: float | None = None
-        if self._kind == "negotiate" and KERBEROS_AVAILABLE:
-            until = self._credential.kerberos_unusable_until(target)
-            if until is None:
-                return None  # Kerberos may work: no NTLM preflight
-        fast = _Fast(target, identity, known, until)
+        found = self._preflight_choice(origin, target)
+        if found is None:
+            return None
+        fast = _Fast(target, identity, *found)
         if len(self._fast) >= _CACHE_SIZE:
             self._fast.clear()
         self._fast[origin] = fast
@@ -316,8 +310,7 @@ class FlowMixin:
                 request=request,
             )
         preflight: _Preflight | None = None
-        url = request.url
-        origin = (url.scheme, url.host, url.port)
+        origin = _origin(request.url)
         proactive = self._proactive_choice(request)
         if proactive is None:
             preflight = self._preflight(origin, request, target)
@@ -563,17 +556,28 @@ class FlowMixin:
     def _preflight(
         self, origin: _Origin, request: httpx.Request, target: Target
     ) -> _Preflight | None:
-        """A before_send hook for this request if its origin wanted our handshake before."""
+        """A before_send hook for this request if its origin wanted our handshake before:
+        if the pool hands the request a connection not yet authenticated as us, the
+        handshake starts right there."""
         if not self._pool_aware or self._proxy is not None:
             return None
+        found = self._preflight_choice(origin, target)
+        return None if found is None else _Preflight(self, found[0], target, request)
+
+    def _preflight_choice(
+        self, origin: _Origin, target: Target
+    ) -> tuple[tuple[str, str], float | None] | None:
+        """What a first-token hook sends to ``origin`` (header scheme, pyspnego protocol) and,
+        for Negotiate, until when (``time.monotonic``): only while Kerberos is known not to
+        work for ``target`` (afterwards Negotiate tries Kerberos again, which may work now).
+        ``None``: no hook (no connection-bound NTLM handshake with this origin yet)."""
         known = self._handshaken.get(origin)
-        if known is None or (
-            self._kind == "negotiate" and KERBEROS_AVAILABLE and not self._kerberos_failed(target)
-        ):  # Negotiate retries Kerberos once its failure is old (it may work now)
+        if known is None:
             return None
-        # If the pool hands this request a connection not yet authenticated as us, the
-        # handshake starts right there.
-        return _Preflight(self, known, target, request)
+        if self._kind == "negotiate" and KERBEROS_AVAILABLE:
+            until = self._credential.kerberos_unusable_until(target)
+            return None if until is None else (known, until)
+        return known, None
 
     def _may_scout(self, origin: _Origin) -> bool:
         """Whether flows to ``origin`` should wait for a first one (see :class:`_Scout`)."""

@@ -199,8 +199,7 @@ class Credential:
         """Whether a recent Negotiate handshake for ``target`` could not use Kerberos with
         this password (no KDC for the realm, unknown principal or SPN): then Negotiate goes
         straight to NTLM for a while instead of asking the KDC (or DNS) on every handshake."""
-        until = self._no_kerberos.get(str(target))
-        return until is not None and time.monotonic() < until
+        return self.kerberos_unusable_until(target) is not None
 
     def kerberos_unusable_until(self, target: Target) -> float | None:
         """When :meth:`kerberos_known_unusable` ends for ``target`` (``time.monotonic``), or
