@@ -182,13 +182,50 @@ async def test_handshake_then_reuse(cls: type[_SpnegoAuth]) -> None:
     assert first.extensions["auth_mechanism"] == "ntlm"
     assert second.extensions["auth_mechanism"] == "ntlm"
     assert server.handshakes == 1 and len(server.conns) == 1
-    scheme = "Negotiate" if cls is NegotiateAuth else "NTLM"
+    # NegotiateAuth too: Kerberos cannot work for realm EXAMPLE (no KDC), and the server
+    # offers NTLM, so NTLM in its own scheme (test_negotiate_only_server_gets_spnego_ntlm).
+    scheme = "NTLM"
     assert server.log == [
         ("c1", None, 401),
         ("c1", scheme, 401),
         ("c1", scheme, 200),
         ("c1", None, 200),
     ]
+
+
+@pytest.mark.anyio
+async def test_negotiate_only_server_gets_spnego_ntlm() -> None:
+    """Kerberos cannot work, and the server offers Negotiate alone: NTLM inside SPNEGO (the
+    server's final token verified); its first token is the one that found out about Kerberos."""
+    server = FakeServer(("Negotiate",))
+    auth = NegotiateAuth("EXAMPLE\\alice", "pw")
+    async with _client(server) as client:
+        first = await client.get("http://h/", auth=auth)
+        second = await client.get("http://h/", auth=auth)
+    assert first.json()["user"].lower().endswith("alice")
+    assert first.extensions["auth_mechanism"] == second.extensions["auth_mechanism"] == "ntlm"
+    assert server.log == [
+        ("c1", None, 401),
+        ("c1", "Negotiate", 401),
+        ("c1", "Negotiate", 200),
+        ("c1", None, 200),
+    ]
+
+
+@pytest.mark.anyio
+async def test_negotiate_switches_to_the_ntlm_scheme_once_kerberos_fails() -> None:
+    """The first handshake finds Kerberos unusable (a SPNEGO context, built and stepped, but
+    its token never sent): with NTLM offered too, raw NTLMSSP in that scheme. Not when NTLM
+    is forbidden: allow_ntlm=False never sends NTLM, whatever the server offers."""
+    server = FakeServer(("Negotiate", "NTLM"))
+    async with _client(server) as client:
+        await client.get("http://h/", auth=NegotiateAuth("EXAMPLE\\alice", "pw"))
+        assert [scheme for _, scheme, _ in server.log] == [None, "NTLM", "NTLM"]
+        with pytest.raises(httpx_extensions.AuthenticationError, match="KDC"):
+            await client.get(
+                "http://h/x", auth=NegotiateAuth("EXAMPLE\\bob", "pw", allow_ntlm=False)
+            )
+    assert "NTLM" not in [scheme for _, scheme, _ in server.log[3:]]
 
 
 @pytest.mark.anyio

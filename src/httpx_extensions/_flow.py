@@ -462,6 +462,15 @@ class FlowMixin:
                     cert is not None,
                 )  # fmt: skip
                 out = yield _first_step(ctx)
+                if protocol == "negotiate" and ctx.mechanism == "ntlm":
+                    # This first step found out (or waited for the flow that did) that
+                    # Kerberos cannot work here: choose again, now that it is known.
+                    again = self._choose(challenges, request, target)
+                    if again is not None and again != (scheme, protocol):
+                        log.debug("Kerberos unusable for %s: %s instead", target, again[0])
+                        scheme, protocol = again
+                        ctx = self._context(protocol, target, cert, request)
+                        out = yield _first_step(ctx)
                 self._send_token(request, scheme, out, conn_id)
                 if scout:  # the waiting flows may now start as this one did
                     scout = False

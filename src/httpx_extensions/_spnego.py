@@ -421,6 +421,7 @@ class SecurityContext:
         self._req = req
         self._mutual = mutual
         self._cb: Any = None
+        self._ctx: Any = None
         password_negotiate = (
             protocol == "negotiate" and KERBEROS_AVAILABLE and not credential.current_user
         )
@@ -437,7 +438,8 @@ class SecurityContext:
                     application_data=tls_server_end_point(cert_der)
                 )
             # Built at the first step when that step must first find out about Kerberos.
-            self._ctx: Any = None if self._tries_kerberos else self._build()
+            if not self._tries_kerberos:
+                self._ctx = self._build()
         except AuthenticationError:
             raise
         except Exception as exc:
@@ -445,22 +447,20 @@ class SecurityContext:
 
     def _build(self) -> Any:
         # Kerberos known not to work for this SPN: SPNEGO carrying NTLM only (no KDC or DNS
-        # asked again). With mutual_auth=False, raw NTLMSSP tokens instead, as Windows'
-        # Negotiate package sends them (IIS, MIT/Heimdal SPNEGO acceptors and squid's
-        # negotiate_wrapper take them): cheaper, but only SPNEGO's final mechListMIC proves
-        # the server, so not when mutual authentication is asked for.
-        creds_for = "ntlm" if self._ntlm_only else self.protocol
-        protocol = "ntlm" if self._ntlm_only and not self._mutual else self.protocol
+        # asked again). Only for a server that offers Negotiate alone: one that offers NTLM
+        # too gets raw NTLMSSP in its NTLM scheme instead (_SpnegoAuth._choose), cheaper.
+        # Under a Negotiate header we keep to SPNEGO, which every acceptor takes (raw
+        # NTLMSSP there is a Microsoft extension).
         kwargs: dict[str, Any] = {
             "hostname": self.target.host,
             "service": self.target.service,
             "channel_bindings": self._cb,
             "context_req": self._req,
         }
-        credentials = self._credential.for_spnego(creds_for)
-        if self._ntlm_only and protocol == "negotiate":
-            return ntlm_spnego_client(credentials, kwargs)
-        return spnego.client(credentials, protocol=protocol, **kwargs)
+        if self._ntlm_only:  # (only ever set for "negotiate")
+            return ntlm_spnego_client(self._credential.for_spnego("ntlm"), kwargs)
+        credentials = self._credential.for_spnego(self.protocol)
+        return spnego.client(credentials, protocol=self.protocol, **kwargs)
 
     @property
     def blocking(self) -> bool:
