@@ -33,13 +33,18 @@ def test_get_verbose_redacts_tokens(auth_server: AuthServer) -> None:
     _no_secret(result.output)
 
 
-def test_get_negotiate_verbose(auth_server: AuthServer, no_realm: None) -> None:
-    """--negotiate -v: SPNEGO tokens are redacted too."""
-    result = CliRunner().invoke(
-        cli, ["get", "--negotiate", "-u", CREDENTIALS, "-v", f"{auth_server.url}/n"]
-    )
+@pytest.mark.parametrize("schemes", [("Negotiate",), ("Negotiate", "NTLM")])
+def test_get_negotiate_verbose(schemes: tuple[str, ...], no_realm: None) -> None:
+    """--negotiate -v: SPNEGO tokens are redacted too. No Kerberos here: from a server that
+    offers NTLM as well, Negotiate switches to that scheme (raw NTLM)."""
+    with AuthServer(
+        users={USER.split("\\")[1]: PASSWORD}, domain="EXAMPLE", schemes=schemes
+    ) as srv:
+        result = CliRunner().invoke(
+            cli, ["get", "--negotiate", "-u", CREDENTIALS, "-v", f"{srv.url}/n"]
+        )
     assert result.exit_code == 0, result.output
-    assert "> authorization: Negotiate [redacted" in result.stderr
+    assert f"> authorization: {schemes[-1]} [redacted" in result.stderr
     _no_secret(result.output)
 
 
