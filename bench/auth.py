@@ -14,7 +14,9 @@ What it does, in one process run:
   requests + requests-ntlm on 10 and on 100 threads (a Session per thread),
   httpx.AsyncClient + httpx-ntlm, aiohttp + aiohttp-ntlm (a middleware);
 * per run: ``--requests`` GETs by ``--concurrency`` workers pulling from one counter, on a
-  fresh client (so every run pays its handshakes; a run stops taking new requests after
+  fresh client and auth object (so every run pays its handshakes; what Negotiate learnt
+  about Kerberos, one KDC probe a minute per user, password and SPN, is process-wide, as
+  in an application: the first run pays it; a run stops taking new requests after
   30 s, so a column that mostly fails ends); wall time, this process's CPU
   (``getrusage`` user+sys, all threads), failures (an exception or a status other than
   200) and the handshakes the server saw (Apache's access log: requests that carried

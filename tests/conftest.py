@@ -34,3 +34,14 @@ def port_server2() -> typing.Iterator[PortServer]:
     """A second origin (another port) for cross-origin redirects."""
     with PortServer() as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def _fresh_kerberos_verdicts() -> typing.Iterator[None]:
+    """What Negotiate learnt about Kerberos is shared process-wide per user and password:
+    each test starts knowing nothing, as a new process would."""
+    from httpx_extensions._spnego import _KerberosVerdicts
+
+    _KerberosVerdicts._shared.clear()
+    yield
+    _KerberosVerdicts._shared.clear()

@@ -201,6 +201,13 @@ async def test_negotiate_asks_the_kdc_once_when_kerberos_cannot_work(
     assert spnego.headers["X-Remote-User"] == "EXAMPLE\\bob"
     assert spnego.headers["X-GSS-Mech"] == "Negotiate/NTLM"
     assert spnego.extensions["auth_mechanism"] == "ntlm"
+    # Another auth object of the same user and password (one built per request, say) knows.
+    async with ExClient() as client:
+        fresh = await client.get(
+            apache.urls["negotiate_cb"],
+            auth=NegotiateAuth(ntlm_user(apache, "bob"), kdc.users["bob"]),
+        )
+    assert fresh.headers["X-GSS-Mech"] == "NTLM/NTLM"
     assert sum(tried_kerberos) == 1
     assert sum(tried_kerberos) == 1
     # Only for that SPN, and only for a while: then Kerberos is tried again.

@@ -362,3 +362,23 @@ def test_unknown_spn_is_typed(text: str, expected: int) -> None:
     ctx = SecurityContext("ntlm", Credential("EXAMPLE\\alice", "pw"), Target("HTTP", "web"))
     error = _translate(RuntimeError(text), ctx, "testing")
     assert isinstance(error, SPNNotFoundError) == bool(expected)
+
+
+def test_kerberos_verdicts_are_shared_by_user_and_password_only() -> None:
+    """What a Negotiate handshake learnt about Kerberos for an SPN holds for every Credential
+    of that user and password (an auth object built per request must not ask the KDC every
+    time), never for another password or user, nor for the current user's credential."""
+    target = Target("HTTP", "host")
+    Credential("EXAMPLE\\alice", "pw").note_kerberos(target, usable=False)
+    assert Credential("EXAMPLE\\alice", "pw").kerberos_known_unusable(target)
+    assert not Credential("EXAMPLE\\alice", "other").kerberos_known_unusable(target)
+    assert not Credential("EXAMPLE\\bob", "pw").kerberos_known_unusable(target)
+    assert not Credential("EXAMPLE\\alice", "pw").kerberos_known_unusable(Target("HTTP", "h2"))
+    Credential("EXAMPLE\\alice", "pw").note_kerberos(target, usable=True)
+    assert Credential("EXAMPLE\\alice", "pw").kerberos_known_usable(target)
+    current = Credential()
+    current.note_kerberos(target, usable=False)
+    assert not Credential().kerberos_known_unusable(target)
+    assert Credential("EXAMPLE\\alice", "pw").probe_lock(target) is Credential(
+        "EXAMPLE\\alice", "pw"
+    ).probe_lock(target)

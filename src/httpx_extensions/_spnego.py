@@ -34,9 +34,10 @@ import socket
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import spnego
@@ -108,6 +109,37 @@ for _name in _TOKEN_LOGGERS:
         _logger.addFilter(_RedactTokens())
 
 
+class _KerberosVerdicts:
+    """What Negotiate found out about Kerberos for one user and password, per SPN: no
+    secret, only SPNs and times. Shared process-wide (bounded) by fingerprint."""
+
+    __slots__ = ("kerberos_ok", "lock", "no_kerberos", "probe_locks")
+
+    _shared: ClassVar[OrderedDict[str, _KerberosVerdicts]] = OrderedDict()
+    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        #: SPN -> monotonic time until which Kerberos is known not to work for it.
+        self.no_kerberos: dict[str, float] = {}
+        self.kerberos_ok: set[str] = set()
+        #: SPN -> lock held by the one handshake finding out whether Kerberos works there.
+        self.probe_locks: dict[str, threading.Lock] = {}
+
+    @classmethod
+    def of(cls, fingerprint: str) -> _KerberosVerdicts:
+        """The verdicts of the credential with this fingerprint (created if new)."""
+        with cls._shared_lock:
+            verdicts = cls._shared.get(fingerprint)
+            if verdicts is None:
+                verdicts = cls._shared[fingerprint] = cls()
+                if len(cls._shared) > 256:
+                    cls._shared.popitem(last=False)
+            else:
+                cls._shared.move_to_end(fingerprint)
+            return verdicts
+
+
 class Credential:
     """Who authenticates: the current user (all ``None``) or an explicit user and password.
 
@@ -125,10 +157,8 @@ class Credential:
     __slots__ = (
         "_hashes",
         "_lock",
-        "_kerberos_ok",
-        "_no_kerberos",
         "_password",
-        "_probe_locks",
+        "_verdicts",
         "domain",
         "fingerprint",
         "user",
@@ -156,14 +186,14 @@ class Credential:
         self._password = password
         self._hashes: str | None = None
         self._lock = threading.Lock()
-        #: SPN -> monotonic time until which Kerberos is known not to work for it.
-        self._no_kerberos: dict[str, float] = {}
-        self._kerberos_ok: set[str] = set()
-        #: SPN -> lock held by the one handshake finding out whether Kerberos works there.
-        self._probe_locks: dict[str, threading.Lock] = {}
         secret = f"{self.principal}\0{password or ''}".encode("utf-8", "surrogatepass")
         digest = hmac.new(_FINGERPRINT_KEY, secret, hashlib.sha256).hexdigest()
         self.fingerprint: str = digest[:16] if password is not None else ""
+        # Shared by every Credential of this user and password (an auth object built per
+        # request asks the KDC once a while, not every time); the current user's are its own.
+        self._verdicts = (
+            _KerberosVerdicts.of(self.fingerprint) if password is not None else _KerberosVerdicts()
+        )
 
     @property
     def principal(self) -> str:
@@ -204,39 +234,41 @@ class Credential:
     def kerberos_unusable_until(self, target: Target) -> float | None:
         """When :meth:`kerberos_known_unusable` ends for ``target`` (``time.monotonic``), or
         ``None`` if it is not so now."""
-        until = self._no_kerberos.get(str(target))
+        until = self._verdicts.no_kerberos.get(str(target))
         return until if until is not None and time.monotonic() < until else None
 
     def probe_lock(self, target: Target) -> threading.Lock:
         """The lock of the one handshake finding out whether Kerberos works for ``target``."""
         spn = str(target)
-        with self._lock:
-            lock = self._probe_locks.get(spn)
+        verdicts = self._verdicts
+        with verdicts.lock:
+            lock = verdicts.probe_locks.get(spn)
             if lock is None:
-                if len(self._probe_locks) >= 256:
-                    self._probe_locks.clear()
-                lock = self._probe_locks[spn] = threading.Lock()
+                if len(verdicts.probe_locks) >= 256:
+                    verdicts.probe_locks.clear()
+                lock = verdicts.probe_locks[spn] = threading.Lock()
             return lock
 
     def kerberos_known_usable(self, target: Target) -> bool:
         """Whether a Negotiate handshake for ``target`` already got Kerberos going."""
-        return str(target) in self._kerberos_ok
+        return str(target) in self._verdicts.kerberos_ok
 
     def note_kerberos(self, target: Target, *, usable: bool) -> None:
         """Remember whether Kerberos worked for ``target`` (a failure for
-        :data:`KERBEROS_RETRY_SECONDS`)."""
+        :data:`KERBEROS_RETRY_SECONDS`), for every Credential of this user and password."""
         spn = str(target)
-        with self._lock:
-            if len(self._no_kerberos) >= 256:
-                self._no_kerberos.clear()
-            if len(self._kerberos_ok) >= 256:
-                self._kerberos_ok.clear()
+        verdicts = self._verdicts
+        with verdicts.lock:
+            if len(verdicts.no_kerberos) >= 256:
+                verdicts.no_kerberos.clear()
+            if len(verdicts.kerberos_ok) >= 256:
+                verdicts.kerberos_ok.clear()
             if usable:
-                self._no_kerberos.pop(spn, None)
-                self._kerberos_ok.add(spn)
+                verdicts.no_kerberos.pop(spn, None)
+                verdicts.kerberos_ok.add(spn)
             else:
-                self._kerberos_ok.discard(spn)
-                self._no_kerberos[spn] = time.monotonic() + KERBEROS_RETRY_SECONDS
+                verdicts.kerberos_ok.discard(spn)
+                verdicts.no_kerberos[spn] = time.monotonic() + KERBEROS_RETRY_SECONDS
 
     def for_spnego(self, protocol: str) -> Any:
         """The ``username`` argument for ``spnego.client`` (credential objects or ``None``)."""
