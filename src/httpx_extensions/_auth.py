@@ -327,8 +327,9 @@ class NegotiateAuth(_SpnegoAuth):
 
     With a password, when Kerberos cannot work for a host (no KDC for the realm, unknown
     principal or SPN), one handshake finds out and, for the next 60 seconds, handshakes with
-    that host go straight to NTLM (the ``NTLM`` scheme if offered, else raw NTLMSSP tokens
-    under ``Negotiate``, as Windows sends them); then Kerberos is tried again. Use
+    that host go straight to NTLM (raw, in the ``NTLM`` scheme when the server offers it, as
+    Windows does; else inside SPNEGO); then Kerberos is tried again. What was found out is
+    shared by every auth object with the same user and password. Use
     ``user@REALM`` for a Kerberos login; ``DOMAIN\\user`` names an NTLM domain, which is
     rarely also a Kerberos realm.
     """
