@@ -339,7 +339,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=5000, help="GETs per run (5000)")
     parser.add_argument("--concurrency", type=int, default=100, help="workers (100)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (5)")
     parser.add_argument(
         "--pool", type=int, default=0,
         help="ExClient max_connections (default: the concurrency, as httpx-ntlm and aiohttp)",
