@@ -342,6 +342,14 @@ def report(runs: list[Run], names: list[str], args: argparse.Namespace) -> bool:
     print()
     for text, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")
+    if OURS in names and BASELINE in names:  # the spread behind the median, not a target
+        ratios = [
+            o.rps / b.rps
+            for o, b in zip(
+                (r for r in runs if r.column == OURS), (r for r in runs if r.column == BASELINE)
+            )
+        ]
+        print(f"info  {OURS} / {BASELINE} per round: " + " ".join(f"{x:.0%}" for x in ratios))
     if OURS_NTLM in names and BASELINE in names:  # for reading the target's gap, not a target
         share = med(OURS_NTLM, "rps") / med(BASELINE, "rps")
         print(f"info  {OURS_NTLM} (raw NTLM, no SPNEGO): {share:.0%} of {BASELINE}")
