@@ -227,10 +227,11 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
                 ):
                     # Negotiate can only end in NTLM here (no Kerberos, or it cannot work
                     # for this SPN just now: Credential.note_kerberos): speak the NTLM the
-                    # server also offers, without SPNEGO around it, as Windows does. SPNEGO
-                    # would add ~0.4 ms of client CPU per handshake and no protection: its
-                    # final mechListMIC cannot authenticate a server that could as well have
-                    # offered NTLM alone (docs/internals.md, "Negotiate falling back").
+                    # server also offers: raw NTLMSSP, what Windows' Negotiate falls back
+                    # to. SPNEGO would add ~0.4 ms of client CPU per handshake and no
+                    # protection: its final mechListMIC cannot authenticate a server that
+                    # could as well have offered NTLM alone (docs/internals.md, "Negotiate
+                    # falling back").
                     return "NTLM", "ntlm"
                 return scheme, protocol
         if offered & self._forbidden:
@@ -327,8 +328,9 @@ class NegotiateAuth(_SpnegoAuth):
 
     With a password, when Kerberos cannot work for a host (no KDC for the realm, unknown
     principal or SPN), one handshake finds out and, for the next 60 seconds, handshakes with
-    that host go straight to NTLM (raw, in the ``NTLM`` scheme when the server offers it, as
-    Windows does; else inside SPNEGO); then Kerberos is tried again. What was found out is
+    that host go straight to NTLM (raw NTLMSSP tokens, as Windows falls back to, in the
+    ``NTLM`` scheme when the server offers it; else inside SPNEGO); then Kerberos is tried
+    again. What was found out is
     shared by every auth object with the same user and password. Use
     ``user@REALM`` for a Kerberos login; ``DOMAIN\\user`` names an NTLM domain, which is
     rarely also a Kerberos realm.
