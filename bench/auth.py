@@ -333,7 +333,7 @@ def report(runs: list[Run], names: list[str], args: argparse.Namespace) -> bool:
         checks.append((f"{OURS}: 0 failures in every run (max {worst})", worst == 0))
         if BASELINE in names:
             base = med(BASELINE, "rps")
-            checks.append((f"{OURS} >= 90 % of {BASELINE} ({ours / base:.0%})", ours >= 0.9 * base))
+            checks.append((f"{OURS} >= 90 % of {BASELINE} ({ours / base:.1%})", ours >= 0.9 * base))
         req = [med(name, "rps") for name in (REQ10, REQ100) if name in names]
         if req:
             checks.append(
