@@ -382,3 +382,14 @@ def test_kerberos_verdicts_are_shared_by_user_and_password_only() -> None:
     assert Credential("EXAMPLE\\alice", "pw").probe_lock(target) is Credential(
         "EXAMPLE\\alice", "pw"
     ).probe_lock(target)
+
+
+def test_kerberos_verdicts_of_a_long_lived_credential_survive_eviction() -> None:
+    """The registry is bounded (256 credentials); a credential that records a verdict puts
+    its verdicts back, so later credentials of the same user and password share them."""
+    target = Target("HTTP", "host")
+    old = Credential("EXAMPLE\\alice", "pw")
+    for i in range(300):  # evicts alice's entry
+        Credential(f"EXAMPLE\\user{i}", "pw")
+    old.note_kerberos(target, usable=False)
+    assert Credential("EXAMPLE\\alice", "pw").kerberos_known_unusable(target)

@@ -43,6 +43,12 @@ __all__ = ["AuthIdentity", "KerberosAuth", "NTLMAuth", "NegotiateAuth"]
 _DNS_TTL = 300.0
 
 
+#: (event loop, credential fingerprint, SPN) -> event set when the flow finding out whether
+#: Kerberos works there is done (see ``_SpnegoAuth._probe_step``). Entries live only while
+#: a probe runs.
+_PROBING: dict[tuple[Any, str, str], anyio.Event] = {}
+
+
 class _SpnegoAuth(FlowMixin, httpx.Auth):
     """Shared machinery of the three public classes; see the module docstring."""
 
@@ -84,9 +90,6 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
         self._scouting: dict[tuple[Any, _Origin], anyio.Event] = {}
         self._by_host: dict[str, tuple[Target, AuthIdentity]] = {}
         self._fast: dict[_Origin, _Fast] = {}
-        #: (event loop, SPN) -> event set when the flow finding out whether Kerberos works
-        #: there is done.
-        self._probing: dict[tuple[Any, str], anyio.Event] = {}
 
     def __repr__(self) -> str:
         who = self._credential.principal or "<current user>"
@@ -198,8 +201,11 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
         # The first step of a Negotiate context that may have to find out whether Kerberos
         # works for its SPN: one flow finds out (KDC/DNS, in a thread); the others wait here,
         # on the event loop, then run NTLM inline or Kerberos in a thread.
-        key = (anyio.lowlevel.current_token(), str(ctx.target))  # per loop: see _scout
-        probing = self._probing
+        # Per loop (see _scout) and per user and password, not per auth object: the probe
+        # lock is (Credential.probe_lock), and auth objects built per request must wait here
+        # too, not in worker threads.
+        key = (anyio.lowlevel.current_token(), self._credential.fingerprint, str(ctx.target))
+        probing = _PROBING
         while (event := probing.get(key)) is not None:
             await event.wait()
         if ctx.needs_probe:

@@ -7,6 +7,9 @@ Theory of operation:
    pyspnego does not redo the ~2 ms LM DES work for every handshake. Its repr never shows
    the password or the hashes; its ``fingerprint`` is an HMAC under a per-process random
    key, so equal credentials give equal identities without the secret being recoverable.
+   What Negotiate found out about Kerberos for it (per SPN: works, or not for a while) is
+   shared by every Credential of that user and password (:class:`_KerberosVerdicts`,
+   process-wide, bounded, locked; SPNs and times only).
 2. A :class:`SecurityContext` wraps exactly one pyspnego context, for exactly one handshake
    of one flow. Nothing in it is shared; the auth object only holds configuration.
 3. Every pyspnego / GSSAPI / SSPI failure leaves this module as a subclass of
@@ -127,17 +130,19 @@ class _KerberosVerdicts:
         self.probe_locks: dict[str, threading.Lock] = {}
 
     @classmethod
-    def of(cls, fingerprint: str) -> _KerberosVerdicts:
-        """The verdicts of the credential with this fingerprint (created if new)."""
+    def of(cls, fingerprint: str, verdicts: _KerberosVerdicts | None = None) -> _KerberosVerdicts:
+        """The verdicts of the credential with this fingerprint, created if new; with
+        ``verdicts`` (a credential's own, used again), put them back as the most recent, so
+        a long-lived credential's entry is not evicted and then split from later ones."""
         with cls._shared_lock:
-            verdicts = cls._shared.get(fingerprint)
-            if verdicts is None:
-                verdicts = cls._shared[fingerprint] = cls()
-                if len(cls._shared) > 256:
-                    cls._shared.popitem(last=False)
-            else:
-                cls._shared.move_to_end(fingerprint)
-            return verdicts
+            shared = cls._shared
+            found = shared.get(fingerprint)
+            if found is None or (verdicts is not None and found is not verdicts):
+                found = shared[fingerprint] = verdicts or cls()
+            shared.move_to_end(fingerprint)
+            if len(shared) > 256:
+                shared.popitem(last=False)
+            return found
 
 
 class Credential:
@@ -258,6 +263,8 @@ class Credential:
         :data:`KERBEROS_RETRY_SECONDS`), for every Credential of this user and password."""
         spn = str(target)
         verdicts = self._verdicts
+        if self.fingerprint:
+            _KerberosVerdicts.of(self.fingerprint, verdicts)
         with verdicts.lock:
             if len(verdicts.no_kerberos) >= 256:
                 verdicts.no_kerberos.clear()
@@ -451,7 +458,6 @@ class SecurityContext:
         if delegate:
             req |= spnego.ContextReq.delegate
         self._req = req
-        self._mutual = mutual
         self._cb: Any = None
         self._ctx: Any = None
         password_negotiate = (
