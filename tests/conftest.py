@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import typing
 
+import anyio
 import pytest
 
 from tests._portserver import PortServer
@@ -45,3 +46,19 @@ def _fresh_kerberos_verdicts() -> typing.Iterator[None]:
     _KerberosVerdicts._shared.clear()
     yield
     _KerberosVerdicts._shared.clear()
+
+
+@pytest.fixture
+def steps_in_threads(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The security-context steps the auth flows ran in worker threads (recorded as they
+    go through ``anyio.to_thread.run_sync``); the rest ran on the event loop."""
+    steps: list[object] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counting(fn: typing.Any, *args: typing.Any, **kw: typing.Any) -> typing.Any:
+        if getattr(getattr(fn, "func", None), "__name__", "") == "step":
+            steps.append(fn)
+        return await run_sync(fn, *args, **kw)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    return steps

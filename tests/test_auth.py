@@ -230,20 +230,11 @@ async def test_negotiate_switches_to_the_ntlm_scheme_once_kerberos_fails() -> No
 
 @pytest.mark.anyio
 async def test_auth_objects_built_per_request_probe_kerberos_once(
-    monkeypatch: pytest.MonkeyPatch,
+    steps_in_threads: list[object],
 ) -> None:
     """20 concurrent requests, each with its own NegotiateAuth of one user and password: one
     first step finds out about Kerberos in a worker thread; the others wait on the event
     loop (not in threads, which would tie up the thread limiter), then use NTLM."""
-    steps_in_threads: list[object] = []
-    run_sync = anyio.to_thread.run_sync
-
-    async def counting(fn: typing.Any, *args: typing.Any, **kw: typing.Any) -> typing.Any:
-        if getattr(getattr(fn, "func", None), "__name__", "") == "step":
-            steps_in_threads.append(fn)
-        return await run_sync(fn, *args, **kw)
-
-    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
     server = FakeServer()
     async with _client(server) as client:
 

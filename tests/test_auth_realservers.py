@@ -144,7 +144,7 @@ async def test_logon_shows_user_and_mechanism(
 
 @pytest.mark.anyio
 async def test_negotiate_asks_the_kdc_once_when_kerberos_cannot_work(
-    kdc: Kdc, apache: Apache, monkeypatch: pytest.MonkeyPatch
+    kdc: Kdc, apache: Apache, monkeypatch: pytest.MonkeyPatch, steps_in_threads: list[object]
 ) -> None:
     """NegotiateAuth('EXAMPLE\\bob', password): realm EXAMPLE has no KDC, so Kerberos fails and
     Negotiate falls back to NTLM. Of 12 concurrent handshakes only the first may try Kerberos
@@ -162,15 +162,6 @@ async def test_negotiate_asks_the_kdc_once_when_kerberos_cannot_work(
         return creds
 
     monkeypatch.setattr(_spnego.Credential, "for_spnego", recording)
-    steps_in_threads: list[object] = []
-    run_sync = anyio.to_thread.run_sync
-
-    async def counting(fn: typing.Any, *args: typing.Any, **kw: typing.Any) -> typing.Any:
-        if getattr(getattr(fn, "func", None), "__name__", "") == "step":
-            steps_in_threads.append(fn)
-        return await run_sync(fn, *args, **kw)
-
-    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
     auth = NegotiateAuth(ntlm_user(apache, "bob"), kdc.users["bob"])
     responses = await concurrent_gets(apache.urls["negotiate_cb"], auth, 12)
     assert len(responses) == 12
