@@ -385,8 +385,8 @@ def test_kerberos_verdicts_are_shared_by_user_and_password_only() -> None:
 
 
 def test_kerberos_verdicts_of_a_long_lived_credential_survive_eviction() -> None:
-    """The registry is bounded (256 credentials); a credential that records a verdict puts
-    its verdicts back, so later credentials of the same user and password share them."""
+    """The registry is bounded (256 credentials); a credential whose entry was evicted still
+    shares what it records next with later credentials of the same user and password."""
     target = Target("HTTP", "host")
     old = Credential("EXAMPLE\\alice", "pw")
     for i in range(300):  # evicts alice's entry

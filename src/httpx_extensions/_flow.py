@@ -226,8 +226,7 @@ class FlowMixin:
         """
         if not self._pool_aware or self._proxy is not None:
             return None
-        url = request.url
-        origin = (url.scheme, url.host, url.port)
+        origin = _origin(request.url)
         fast = self._fast.get(origin)
         if fast is None:
             fast = self._fast_entry(origin)

@@ -130,18 +130,19 @@ class _KerberosVerdicts:
         self.probe_locks: dict[str, threading.Lock] = {}
 
     @classmethod
-    def of(cls, fingerprint: str, verdicts: _KerberosVerdicts | None = None) -> _KerberosVerdicts:
-        """The verdicts of the credential with this fingerprint, created if new; with
-        ``verdicts`` (a credential's own, used again), put them back as the most recent, so
-        a long-lived credential's entry is not evicted and then split from later ones."""
+    def of(cls, fingerprint: str) -> _KerberosVerdicts:
+        """The verdicts of the credential with this fingerprint (created if new). Looked up
+        on every use, never kept: an evicted entry is only forgotten (Kerberos is asked
+        again), never split between credentials of one user and password."""
         with cls._shared_lock:
             shared = cls._shared
             found = shared.get(fingerprint)
-            if found is None or (verdicts is not None and found is not verdicts):
-                found = shared[fingerprint] = verdicts or cls()
-            shared.move_to_end(fingerprint)
-            if len(shared) > 256:
-                shared.popitem(last=False)
+            if found is None:
+                found = shared[fingerprint] = cls()
+                if len(shared) > 256:
+                    shared.popitem(last=False)
+            else:
+                shared.move_to_end(fingerprint)
             return found
 
 
@@ -162,8 +163,8 @@ class Credential:
     __slots__ = (
         "_hashes",
         "_lock",
+        "_own_verdicts",
         "_password",
-        "_verdicts",
         "domain",
         "fingerprint",
         "user",
@@ -194,11 +195,16 @@ class Credential:
         secret = f"{self.principal}\0{password or ''}".encode("utf-8", "surrogatepass")
         digest = hmac.new(_FINGERPRINT_KEY, secret, hashlib.sha256).hexdigest()
         self.fingerprint: str = digest[:16] if password is not None else ""
-        # Shared by every Credential of this user and password (an auth object built per
-        # request asks the KDC once a while, not every time); the current user's are its own.
-        self._verdicts = (
-            _KerberosVerdicts.of(self.fingerprint) if password is not None else _KerberosVerdicts()
-        )
+        #: The current user's Kerberos verdicts are its own; a password's are shared (see
+        #: :attr:`_verdicts`).
+        self._own_verdicts = _KerberosVerdicts() if password is None else None
+
+    @property
+    def _verdicts(self) -> _KerberosVerdicts:
+        # Shared by every Credential of this user and password: an auth object built per
+        # request asks the KDC once a while, not every time.
+        own = self._own_verdicts
+        return own if own is not None else _KerberosVerdicts.of(self.fingerprint)
 
     @property
     def principal(self) -> str:
@@ -263,8 +269,6 @@ class Credential:
         :data:`KERBEROS_RETRY_SECONDS`), for every Credential of this user and password."""
         spn = str(target)
         verdicts = self._verdicts
-        if self.fingerprint:
-            _KerberosVerdicts.of(self.fingerprint, verdicts)
         with verdicts.lock:
             if len(verdicts.no_kerberos) >= 256:
                 verdicts.no_kerberos.clear()
