@@ -127,7 +127,8 @@ def main() -> None:
         extra_later = later(name) - later("anon")
         extra_first = med(name, 3) - med("anon", 3) - extra_later * (n - med(name, 2)) / 1e3
         print(
-            f"{name:10} {med(name, 2):12.0f} {med(name, 0):10.0f} {med(name, 1):5.0f} {later(name):12.1f} "
+            f"{name:10} {med(name, 2):12.0f} {med(name, 0):10.0f} {med(name, 1):5.0f} "
+            f"{later(name):12.1f} "
             f"{med(name, 3):7.0f} {med(name, 4):8.0f} {med(name, 5):6.0f} {extra_first:16.0f} "
             f"{extra_later:18.1f}"
         )

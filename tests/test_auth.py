@@ -706,6 +706,63 @@ def test_first_token_hook_gives_way_when_it_cannot_make_a_token(
         assert hook(request, facts) is None and hook.ctx is None
 
 
+def test_shared_first_token_hook_acts_only_on_its_armed_request() -> None:
+    """The fast path's first-token hook is one per origin: it adds a token only to the
+    request armed with it (not a redirect's, not one whose flow ended), only on a connection
+    not authenticated as its identity, and leaves what it started on that request."""
+    from httpx_extensions._flow import _ARMED, _STARTED, _disarm, _OriginHook
+    from httpx_extensions._spnego import Target
+    from httpx_extensions._transport import ConnectionFacts
+
+    auth = NTLMAuth("EXAMPLE\\alice", "pw")
+    hook = _OriginHook(auth, ("NTLM", "ntlm"), Target("HTTP", "web.example"))
+    stream = typing.cast(typing.Any, None)
+    new_conn = ConnectionFacts("conn-2", False, stream)
+    request = httpx.Request("GET", "http://web.example/")
+    request.extensions = {"before_send": hook, _ARMED: id(request)}
+    redirect = httpx.Request("GET", "http://web.example/next", extensions=request.extensions)
+    assert hook(redirect, new_conn) is None and _STARTED not in redirect.extensions
+    assert hook(request, ConnectionFacts("conn-1", True, stream)) is None
+    assert _STARTED not in request.extensions
+    headers = hook(request, new_conn)
+    assert headers is not None and headers[0][0] == b"Authorization"
+    assert headers[0][1].startswith(b"NTLM TlRMTVNTUAAB")  # an NTLM NEGOTIATE message
+    ctx, conn_id, choice = request.extensions[_STARTED]
+    assert (ctx.protocol, conn_id, choice) == ("ntlm", "conn-2", ("NTLM", "ntlm"))
+    _disarm(request, typing.cast(typing.Any, (None, None, None, None)))  # its flow ended
+    assert _ARMED not in request.extensions and _STARTED not in request.extensions
+    assert hook(request, new_conn) is None  # the request sent again, without a flow
+    # A later flow on that request does not take the old hook for the caller's own.
+    again = httpx_extensions._flow._Preflight(auth, ("NTLM", "ntlm"), ctx.target, request)
+    assert again.inner is None
+
+
+@pytest.mark.anyio
+async def test_untagged_only_hook_is_not_called_on_a_tagged_connection() -> None:
+    """A before_send hook with ``untagged_only`` is skipped on a connection already tagged
+    with the request's identity; one without it is called there too."""
+    from httpx_extensions import ExClient
+
+    class Hook:
+        def __init__(self, untagged_only: bool) -> None:
+            self.untagged_only = untagged_only
+            self.calls: list[bool] = []
+
+        def __call__(self, request: httpx.Request, facts: typing.Any) -> None:
+            self.calls.append(facts.tagged)
+
+    with AuthServer(users={"alice": "pw"}, domain="EXAMPLE", scheme="ntlm") as server:
+        async with ExClient() as client:
+            for untagged_only in (True, False):
+                hook = Hook(untagged_only)
+                ext = {"identity": f"someone-{untagged_only}", "before_send": hook}
+                for _ in range(2):
+                    response = await client.get(server.url + "/anon", extensions=ext)
+                    assert response.status_code == 200
+                assert response.extensions["conn_tagged"]  # the second went to a tagged one
+                assert hook.calls == ([False] if untagged_only else [False, True])
+
+
 @pytest.mark.anyio
 async def test_before_send_hook_that_raises_leaves_the_pool_whole() -> None:
     """An exception from a before_send hook reaches the caller; the connection it was

@@ -319,3 +319,42 @@ async def test_pinned_leg_written_to_a_connection_the_server_closes(srv: FaultSe
             assert response.json()["user"] == USER
     finally:
         stale.close()
+
+
+async def test_a_send_that_fails_after_the_fast_paths_first_token_leaves_no_cycle(
+    client: ExClient, srv: FaultServer
+) -> None:
+    """On the fast path, a handshake the shared first-token hook started on a new connection
+    that then fails leaves no request <-> security context cycle: the request is freed by
+    reference counting."""
+    import gc
+    import weakref
+
+    from httpx_extensions._flow import _ARMED
+
+    seen: list[weakref.ref[httpx.Request]] = []
+    armed: list[bool] = []
+
+    async def capture(request: httpx.Request) -> None:
+        seen.append(weakref.ref(request))
+        armed.append(_ARMED in request.extensions)
+
+    auth = NTLMAuth(USER, PASSWORD)
+    assert (await client.get(f"{srv.url}/auth/ok", auth=auth)).status_code == 200
+    client.event_hooks["request"] = [capture]
+    gc.collect()
+    gc.disable()
+    try:
+        with pytest.raises(httpx.ReadError):
+            await client.get(
+                f"{srv.url}/auth/fault/reset_headers",
+                auth=auth,
+                extensions={"new_connection": True},
+            )
+        assert srv.stats().faults == {"reset_headers": 1}
+        assert armed == [True]  # the fast path, with the shared hook
+        assert seen and seen[0]() is None
+    finally:
+        gc.enable()
+    client.event_hooks["request"] = []
+    await next_request_succeeds(client, srv, auth)

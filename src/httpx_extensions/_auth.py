@@ -23,6 +23,7 @@ from ._flow import (
     AuthIdentity,
     FlowMixin,
     Job,
+    _disarm,
     _Fast,
     _Origin,
     _Scout,
@@ -137,8 +138,7 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
             try:
                 response = yield request
             except BaseException:  # the send failed: no request <-> hook cycle left behind
-                if steady[3] is not None:
-                    steady[3].request = None
+                _disarm(request, steady)
                 raise
             if self._steady_end(request, response, steady):
                 return

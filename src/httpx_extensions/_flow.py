@@ -232,15 +232,22 @@ class FlowMixin:
             fast = self._fast_entry(origin)
             if fast is None:
                 return None
-        target, identity, choice, until = fast
+        target, identity, choice, until, hook = fast
         if until is not None and time.monotonic() >= until:
             del self._fast[origin]  # Negotiate: time to try Kerberos again (the whole flow)
             return None
         if not isinstance(request.stream, httpx.ByteStream):
             return None
-        preflight = _Preflight(self, choice, target, request)
-        request.extensions = {**request.extensions, "identity": identity, "before_send": preflight}
-        return (target, identity, origin, preflight)  # a _Steady (a tuple: the cheapest)
+        ext = request.extensions
+        mine = ext.get("before_send")
+        if mine is not None and type(mine) is not _OriginHook:
+            # The caller's own hook: one of ours for this request alone, which calls it.
+            preflight = _Preflight(self, choice, target, request)
+            request.extensions = {**ext, "identity": identity, "before_send": preflight}
+            return (target, identity, origin, preflight)
+        # The origin's shared hook, armed for this request only (by its id: no reference).
+        request.extensions = {**ext, "identity": identity, "before_send": hook, _ARMED: id(request)}
+        return (target, identity, origin, None)  # a _Steady (a tuple: the cheapest)
 
     def _steady_end(
         self, request: httpx.Request, response: httpx.Response, steady: _Steady
@@ -250,12 +257,14 @@ class FlowMixin:
         ext = response.extensions
         self._pool_aware = "conn_id" in ext
         preflight = steady[3]
-        assert preflight is not None  # the fast path always sets one (_steady_start)
-        if preflight.ctx is not None:
-            return False  # the hook started a handshake on a new connection
+        if preflight is not None:
+            if preflight.ctx is not None:
+                return False  # the hook started a handshake on a new connection
+        elif _STARTED in request.extensions:
+            return False  # (the shared hook's record of that)
         if response.status_code == 401 or not _same_origin(request, response):
             return False
-        preflight.request = None
+        _disarm(request, steady)
         self._note_reuse(response, steady[1])
         return True
 
@@ -269,7 +278,7 @@ class FlowMixin:
         found = self._preflight_choice(origin, target)
         if found is None:
             return None
-        fast = _Fast(target, identity, *found)
+        fast = _Fast(target, identity, found[0], found[1], _OriginHook(self, found[0], target))
         if len(self._fast) >= _CACHE_SIZE:
             self._fast.clear()
         self._fast[origin] = fast
@@ -284,7 +293,9 @@ class FlowMixin:
         challenge_header = "Proxy-Authenticate" if self._proxy is not None else "WWW-Authenticate"
         if first is not None:
             yield from _unhooking(
-                first[0], self._legs(request, status, challenge_header, first[0], first[1])
+                request,
+                first[0],
+                self._legs(request, status, challenge_header, first[0], first[1]),
             )
             return
         host = self._proxy.host if self._proxy is not None else request.url.host
@@ -345,6 +356,7 @@ class FlowMixin:
                 ctx = proactive = None
         steady: _Steady = (target, identity, origin, preflight)
         yield from _unhooking(
+            request,
             steady,
             self._legs(
                 request, status, challenge_header, steady, None, ctx, scheme, proactive, scout_job
@@ -367,6 +379,7 @@ class FlowMixin:
         ``response``, its first leg was sent already and this is the answer. Run it through
         :func:`_unhooking`."""
         target, identity, origin, preflight = steady
+        armed = preflight is None and _ARMED in request.extensions
         scout = scout_job is not None
         legs = 0 if response is None else 1
         restarted = False
@@ -391,6 +404,13 @@ class FlowMixin:
                     preflight.ctx = None  # (the request holds the hook: no reference cycle)
                     scheme, _ = proactive = preflight.choice
                 preflight = None
+            elif armed:  # the same, from the origin's shared hook (_OriginHook)
+                armed = False
+                request.extensions.pop(_ARMED, None)
+                started = request.extensions.pop(_STARTED, None)
+                if started is not None:
+                    ctx, conn_id, proactive = started
+                    scheme = proactive[0]
             if not _same_origin(request, response):
                 return  # a redirect inside the leg ended elsewhere: not ours to answer
             if ctx is None and response.status_code != status:
@@ -641,6 +661,7 @@ class _Fast(NamedTuple):
     identity: AuthIdentity
     choice: tuple[str, str]  # what the preflight sends: (header scheme, pyspnego protocol)
     until: float | None  # Negotiate: when Kerberos is to be tried again
+    hook: _OriginHook  # the first-token hook shared by the fast path's requests
 
 
 #: What a flow knows before its first leg (see ``FlowMixin._steady_start``): target,
@@ -695,7 +716,7 @@ class _Preflight:
         self.conn_id: Any = None
         inner = request.extensions.get("before_send")
         #: The caller's own hook (never one of ours, left on a request sent again).
-        self.inner: Any = None if isinstance(inner, _Preflight) else inner
+        self.inner: Any = None if isinstance(inner, (_Preflight, _OriginHook)) else inner
 
     def __call__(
         self, request: httpx.Request, facts: ConnectionFacts
@@ -711,39 +732,103 @@ class _Preflight:
     ) -> list[tuple[bytes, bytes]] | None:
         if request is not self.request or facts.tagged:
             return None  # a redirect's request, or a connection authenticated as us
-        scheme, protocol = self.choice
-        auth = self.auth
-        cert = peer_certificate(facts.network_stream) if auth._channel_binding else None
-        try:
-            ctx = auth._context(protocol, self.target, cert, request)
-            if ctx.blocking:
-                return None  # never block the event loop: the flow's own path runs it
-            token = ctx.step(None)
-        except AuthenticationError as exc:  # best effort: the flow goes the anonymous way
-            log.debug("no first token for %s: %s", self.target, type(exc).__name__)
+        started = _start_handshake(self.auth, self.choice, self.target, request, facts)
+        if started is None:
             return None
-        if not token:
+        self.ctx, self.conn_id = started[0], facts.conn_id
+        return started[1]
+
+
+class _OriginHook:
+    """The fast path's ``before_send`` hook: one per origin, shared by its requests.
+
+    Does what :class:`_Preflight` does, without an object per request: the request it may
+    act on carries its own id under ``_ARMED`` (a redirect's request is another object; the
+    flow removes the key when it ends, so a request sent again is not acted on), and what it
+    started there goes into that request's extensions under ``_STARTED`` (security
+    context, conn_id, choice), where the flow takes it from. ``untagged_only`` tells the
+    transport not to call it on a connection authenticated as the request's identity,
+    where it would add nothing: the common case, made free.
+    """
+
+    __slots__ = ("auth", "choice", "target")
+    untagged_only = True
+
+    def __init__(self, auth: FlowMixin, choice: tuple[str, str], target: Target) -> None:
+        self.auth = auth
+        self.choice = choice
+        self.target = target
+
+    def __call__(
+        self, request: httpx.Request, facts: ConnectionFacts
+    ) -> list[tuple[bytes, bytes]] | None:
+        ext = request.extensions
+        if facts.tagged or ext.get(_ARMED) != id(request):
+            return None  # a connection authenticated as us, a redirect's or an old request
+        started = _start_handshake(self.auth, self.choice, self.target, request, facts)
+        if started is None:
             return None
-        self.ctx, self.conn_id = ctx, facts.conn_id
-        log.debug(
-            "starting %s handshake (%s) for %s, SPN %s, conn %s, channel binding %s, "
-            "without an anonymous round trip",
-            scheme, protocol, auth._credential.principal or "current user", self.target,
-            facts.conn_id, cert is not None,
-        )  # fmt: skip
-        return [(auth._auth_header.encode(), _credentials(scheme, token).encode())]
+        ext[_STARTED] = (started[0], facts.conn_id, self.choice)
+        return started[1]
+
+
+#: Request extension keys of :class:`_OriginHook`: the id of the one request it may act
+#: on, and (security context, conn_id, choice) of the handshake it started there.
+_ARMED = "_auth_hook_armed"
+_STARTED = "_auth_hook_started"
+
+
+def _disarm(request: httpx.Request, steady: _Steady) -> None:
+    """End a flow's first-token hook (either kind): no request <-> context cycle is left."""
+    if steady[3] is not None:
+        steady[3].request = None
+    else:
+        ext = request.extensions
+        if _ARMED in ext:
+            del ext[_ARMED]
+        ext.pop(_STARTED, None)
+
+
+def _start_handshake(
+    auth: FlowMixin,
+    choice: tuple[str, str],
+    target: Target,
+    request: httpx.Request,
+    facts: ConnectionFacts,
+) -> tuple[SecurityContext, list[tuple[bytes, bytes]]] | None:
+    """Create the security context for ``facts``' connection and its first token's header;
+    ``None`` when there is no token to send without blocking (the flow then goes the
+    anonymous way)."""
+    scheme, protocol = choice
+    cert = peer_certificate(facts.network_stream) if auth._channel_binding else None
+    try:
+        ctx = auth._context(protocol, target, cert, request)
+        if ctx.blocking:
+            return None  # never block the event loop: the flow's own path runs it
+        token = ctx.step(None)
+    except AuthenticationError as exc:  # best effort: the flow goes the anonymous way
+        log.debug("no first token for %s: %s", target, type(exc).__name__)
+        return None
+    if not token:
+        return None
+    log.debug(
+        "starting %s handshake (%s) for %s, SPN %s, conn %s, channel binding %s, "
+        "without an anonymous round trip",
+        scheme, protocol, auth._credential.principal or "current user", target,
+        facts.conn_id, cert is not None,
+    )  # fmt: skip
+    return ctx, [(auth._auth_header.encode(), _credentials(scheme, token).encode())]
 
 
 def _unhooking(
-    steady: _Steady, legs: Generator[httpx.Request | Job, Any, None]
+    request: httpx.Request, steady: _Steady, legs: Generator[httpx.Request | Job, Any, None]
 ) -> Generator[httpx.Request | Job, Any, None]:
     """Run a flow's ``legs``; however they end (a failed send too), cut the first-token
     hook's link back to its request, so no request <-> hook reference cycle is left."""
     try:
         yield from legs
     finally:
-        if steady[3] is not None:
-            steady[3].request = None
+        _disarm(request, steady)
 
 
 def _credentials(scheme: str, token: bytes) -> str:

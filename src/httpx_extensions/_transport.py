@@ -230,7 +230,11 @@ class ExTransport(httpx.AsyncBaseTransport):
             send_headers = headers
             added: tuple[str, ...] = ()
             before_send = ext.get("before_send")
-            if before_send is not None:
+            # A hook that acts only on connections not yet tagged with the request's
+            # identity says so (``untagged_only``): on the others it is not even called.
+            if before_send is not None and not (
+                tagged and getattr(before_send, "untagged_only", False)
+            ):
                 try:
                     extra = before_send(request, ConnectionFacts(conn.conn_id, tagged, conn.stream))
                 except BaseException:
