@@ -448,7 +448,7 @@ class FlowMixin:
                     if closing or moved:
                         restarted = self._restart_or_raise(restarted, request, target)
                         ctx = None
-                        _set_ext(request, conn_id=None, new_connection=True)
+                        _set_ext(request, conn_id=None, new_connection=True, _auth_leg_pin=None)
                         request.headers.pop(self._auth_header, None)
                         break
                     proactive = None
@@ -468,7 +468,7 @@ class FlowMixin:
                     ext.get("conn_tagged") and not self._reauth_in_place(conn_id, identity)
                 ):
                     restarted = self._restart_or_raise(restarted, request, target)
-                    _set_ext(request, conn_id=None, new_connection=True)
+                    _set_ext(request, conn_id=None, new_connection=True, _auth_leg_pin=None)
                     request.headers.pop(self._auth_header, None)
                     break
                 cert = None
@@ -511,7 +511,10 @@ class FlowMixin:
                 f"the {scheme} security context produced no token to send", request=request
             )
         request.headers[self._auth_header] = _credentials(scheme, token)
-        _set_ext(request, conn_id=conn_id, new_connection=None)
+        # The leg goes on the handshake's connection; _auth_leg_pin tells ExClient the pin
+        # is ours, not the caller's: if that connection is gone it logs no WARNING.
+        pinned = True if conn_id is not None else None
+        _set_ext(request, conn_id=conn_id, new_connection=None, _auth_leg_pin=pinned)
 
     def _restart_or_raise(self, restarted: bool, request: httpx.Request, target: Target) -> bool:
         if restarted:

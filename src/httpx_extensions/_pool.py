@@ -202,8 +202,12 @@ class Pool:
         new: bool,
         flow: Flow | None,
         timeouts: typing.Mapping[str, float | None],
+        warn: bool = True,
     ) -> tuple[Connection, bool]:
         """Get a connection for one request; return it and whether it already had this tag.
+
+        ``warn=False``: an explicit pin that is gone is logged at DEBUG, not WARNING (an
+        auth flow's own legs: the caller asked for no connection).
 
         Raises:
             httpcore.PoolTimeout: no connection within the pool timeout; raise the pool
@@ -221,7 +225,7 @@ class Pool:
             if self._closed:
                 raise RuntimeError("the connection pool was closed; create a new client")
             result: Result | Waiter = self._acquire_nowait(
-                origin, identity, pin, explicit, new, flow
+                origin, identity, pin, explicit, new, flow, warn
             )
             if isinstance(result, Waiter):
                 result = await self._wait(result, pool_timeout)
@@ -248,10 +252,11 @@ class Pool:
         explicit: bool,
         new: bool,
         flow: Flow | None,
+        warn: bool = True,
     ) -> Result | Waiter:
         # Case 1: the request is pinned to a connection.
         if pin is not None:
-            got = self._take_pinned(origin, identity, pin, explicit, flow)
+            got = self._take_pinned(origin, identity, pin, explicit, flow, warn)
             if got is not None:
                 return got
         # A flow holds at most one reservation: moving on frees the previous one, so a
@@ -289,6 +294,7 @@ class Pool:
         pin: str,
         explicit: bool,
         flow: Flow | None,
+        warn: bool = True,
     ) -> Connection | Waiter | None:
         conn = self._conns.get(pin)
         why = None
@@ -305,8 +311,11 @@ class Pool:
             why = "it was closed by the server"
         if why is not None:
             if explicit:
-                logger.warning(
-                    "conn_id %s was requested but %s; sending on another connection", pin, why
+                logger.log(
+                    logging.WARNING if warn else logging.DEBUG,
+                    "conn_id %s was requested but %s; sending on another connection",
+                    pin,
+                    why,
                 )
             else:
                 logger.debug("connection %s of this flow is gone: %s", pin, why)

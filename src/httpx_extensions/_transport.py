@@ -38,6 +38,8 @@ logger = logging.getLogger("httpx_extensions")
 DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 _FORWARD = b"forward+"  # origin scheme prefix of connections to a forwarding proxy
+#: Request extension an auth flow sets next to the ``conn_id`` of its own legs.
+AUTH_LEG_PIN = "_auth_leg_pin"
 
 _ERRORS: dict[type[Exception], type[httpx.TransportError]] = {
     httpcore.PoolTimeout: httpx.PoolTimeout,
@@ -201,6 +203,9 @@ class ExTransport(httpx.AsyncBaseTransport):
         new = bool(ext.get("new_connection"))
         pin = None if new else ext.get("conn_id")
         explicit = pin is not None
+        # An auth flow pins its own legs (AUTH_LEG_PIN): the caller asked for no connection,
+        # so one that is gone is no news for WARNING (the flow restarts, or says why not).
+        warn = explicit and not ext.get(AUTH_LEG_PIN)
         if not explicit and not new and flow is not None and flow.reserved is not None:
             if flow.reserved.origin == origin:
                 pin = flow.reserved.conn_id
@@ -220,7 +225,7 @@ class ExTransport(httpx.AsyncBaseTransport):
         while True:
             try:
                 conn, tagged = await pool.acquire(
-                    origin, identity, pin, explicit, new, flow, timeouts
+                    origin, identity, pin, explicit, new, flow, timeouts, warn
                 )
             except _MAPPED as exc:
                 raise _map_error(exc, request) from exc
@@ -256,7 +261,8 @@ class ExTransport(httpx.AsyncBaseTransport):
                     # nothing was processed, so send once more on another connection. For a
                     # pinned request that connection is gone, as if closed before we chose it.
                     if explicit:
-                        logger.warning(
+                        logger.log(
+                            logging.WARNING if warn else logging.DEBUG,
                             "conn_id %s was requested but it was closed by the server; "
                             "sending on another connection",
                             conn.conn_id,
