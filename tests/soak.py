@@ -67,7 +67,7 @@ HOLD_SECONDS = 3.0
 HUGE_HEADER_BYTES = 256 * 1024
 TIMEOUT = httpx.Timeout(connect=3.0, read=2.0, write=3.0, pool=15.0)
 #: A request is hung when it runs longer than this: its pool wait, plus every leg of a
-#: bounded handshake (NTLMAuth.max_legs) restarted once, each leg bounded by connect +
+#: bounded handshake (NTLMAuth.max_legs, restarts included), each leg bounded by connect +
 #: write + read, plus slack for a loaded 2-CPU machine running the servers in-process.
 HANG_SLACK = 10.0
 

@@ -77,6 +77,7 @@ class FakeServer:
         pool: bool = True,
         connection_bound: bool = True,
         close_first: int = 0,
+        drop_after_challenge: int = 0,
         headers: dict[str, str] | None = None,
         status: int = 401,
     ) -> None:
@@ -84,6 +85,9 @@ class FakeServer:
         self.pool = pool
         self.connection_bound = connection_bound
         self.close_first = close_first
+        #: Drop the connection after this many token challenges, unannounced (the next leg
+        #: pinned to it lands on another connection), as a busy server does.
+        self.drop_after_challenge = drop_after_challenge
         self.headers = headers or {}
         self.status = status
         self.conns: dict[str, Conn] = {}
@@ -116,6 +120,9 @@ class FakeServer:
         )
         response = self._answer(conn, header)
         self.log.append((conn.conn_id, header.split()[0] if header else None, response.status_code))
+        if self.drop_after_challenge and conn.ctx is not None:  # a handshake between legs
+            self.drop_after_challenge -= 1
+            del self.conns[conn.conn_id]
         if self.pool:
             response.extensions.update(
                 conn_id=conn.conn_id, conn_tagged=tagged, conn_requests=conn.requests
@@ -292,6 +299,29 @@ async def test_connection_close_challenge_restarts_once() -> None:
     async with _client(server) as client:
         with pytest.raises(HandshakeError, match="twice"):
             await client.get("http://h/", auth=NTLMAuth("EXAMPLE\\alice", "pw"))
+
+
+@pytest.mark.anyio
+async def test_a_handshake_that_loses_its_connection_restarts_while_legs_remain() -> None:
+    """A connection lost between two legs without notice (a busy server dropping idle
+    keep-alive connections) restarts the handshake on another connection, as long as a
+    whole handshake still fits in max_legs; then HandshakeError says what happened."""
+    server = FakeServer(drop_after_challenge=2)
+    auth = NTLMAuth("EXAMPLE\\alice", "pw")
+    auth.max_legs = 8
+    async with _client(server) as client:
+        response = await client.get("http://h/", auth=auth)
+    assert response.status_code == 200
+    # anonymous, type 1, type 3 (lost: answered on c2), type 1, type 3 (lost again), ...
+    assert [c for c, _, _ in server.log] == ["c1", "c1", "c2", "c2", "c3", "c3", "c3"]
+    for drops, max_legs, times in ((5, 8, "3 times"), (5, 6, "twice")):
+        server = FakeServer(drop_after_challenge=drops)
+        auth = NTLMAuth("EXAMPLE\\alice", "pw")
+        auth.max_legs = max_legs
+        async with _client(server) as client:
+            with pytest.raises(HandshakeError, match=f"lost its connection {times}"):
+                await client.get("http://h/", auth=auth)
+        assert len(server.log) <= max_legs
 
 
 @pytest.mark.anyio

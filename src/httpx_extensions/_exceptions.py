@@ -89,9 +89,11 @@ class MechanismNotAllowedError(AuthenticationError):
 class HandshakeError(AuthenticationError):
     """The authentication handshake did not complete.
 
-    The message says why: too many legs, the server closed the connection during the
-    handshake twice, a malformed token, or a failure of the security library. Retrying
-    the request is safe; if it persists, check the server's configuration.
+    The message says why: too many legs; the server closed the handshake's connection
+    between legs, unannounced until no whole handshake fits in ``max_legs`` any more, or
+    announced (``Connection: close``) twice; a malformed token; or a failure of the
+    security library. Retrying the request is safe; if it persists, check the server's
+    configuration (keep-alive, and its load: a busy server may drop idle connections).
     """
 
 

@@ -18,6 +18,8 @@ A flow, per docs/internals.md (the pool/auth contract):
 4. A 401 on a connection authenticated as us (``conn_tagged``), or a challenge with
    ``Connection: close``: restart once, anonymously, on a fresh connection, except where
    the server re-authenticates per request (Kerberos without ``Persistent-Auth: true``).
+   A connection lost between two legs without notice restarts the handshake too, as long
+   as a whole one fits in ``max_legs`` (``_restart_or_raise``).
 5. During a handshake: a 401 with a token continues; a bare 401 means the server refused
    the credentials; any other status ends it, after the server's final token is verified.
 
@@ -382,7 +384,7 @@ class FlowMixin:
         armed = preflight is None and _ARMED in request.extensions
         scout = scout_job is not None
         legs = 0 if response is None else 1
-        restarted = False
+        restarts = (0, 0)  # (announced, lost): see _restart_or_raise
         conn_id: Any = None
         while True:
             if response is None:
@@ -435,7 +437,7 @@ class FlowMixin:
                     if in_token is None and (proactive is not None or moved):
                         ctx, proactive = None, None  # decide afresh on this bare challenge
                         if moved:
-                            restarted = self._restart_or_raise(restarted, request, target)
+                            restarts = self._restart_or_raise(restarts, legs, request, target)
                         continue
                     if in_token is None or ctx.complete:
                         raise CredentialsRejectedError(
@@ -446,7 +448,9 @@ class FlowMixin:
                             request=request,
                         )
                     if closing or moved:
-                        restarted = self._restart_or_raise(restarted, request, target)
+                        restarts = self._restart_or_raise(
+                            restarts, legs, request, target, announced=closing
+                        )
                         ctx = None
                         _set_ext(request, conn_id=None, new_connection=True, _auth_leg_pin=None)
                         request.headers.pop(self._auth_header, None)
@@ -467,7 +471,9 @@ class FlowMixin:
                 if closing or (
                     ext.get("conn_tagged") and not self._reauth_in_place(conn_id, identity)
                 ):
-                    restarted = self._restart_or_raise(restarted, request, target)
+                    restarts = self._restart_or_raise(
+                        restarts, legs, request, target, announced=True
+                    )
                     _set_ext(request, conn_id=None, new_connection=True, _auth_leg_pin=None)
                     request.headers.pop(self._auth_header, None)
                     break
@@ -516,16 +522,38 @@ class FlowMixin:
         pinned = True if conn_id is not None else None
         _set_ext(request, conn_id=conn_id, new_connection=None, _auth_leg_pin=pinned)
 
-    def _restart_or_raise(self, restarted: bool, request: httpx.Request, target: Target) -> bool:
-        if restarted:
+    def _restart_or_raise(
+        self,
+        restarts: tuple[int, int],
+        legs: int,
+        request: httpx.Request,
+        target: Target,
+        *,
+        announced: bool = False,
+    ) -> tuple[int, int]:
+        """Count one more restart of the handshake on another connection, or raise.
+
+        ``restarts`` is (announced, lost) so far. Announced: the server said so, with a
+        challenge carrying ``Connection: close`` or a 401 on a connection already
+        authenticated as us; a server that does it does it every time, so one fresh
+        connection is tried, not two. Lost: the connection closed between two legs without
+        notice. A busy server does that at random (Apache's event MPM, short of workers,
+        closes idle keep-alive connections, handshakes between legs included), so the
+        handshake starts again as long as a whole one (two more legs) fits in ``max_legs``.
+        """
+        done, lost = restarts
+        done, lost = (done + 1, lost) if announced else (done, lost + 1)
+        if done > 1 or legs + 2 > self.max_legs:
+            times = "twice" if done + lost == 2 else f"{done + lost} times"
             raise HandshakeError(
-                f"the handshake for {target} lost its connection twice (the server closes "
-                "or re-challenges authenticated connections); connection-bound auth cannot "
-                "complete here: check keep-alive on the server or any proxy in between",
+                f"the handshake for {target} lost its connection {times} (the server closes "
+                "connections mid-handshake, or re-challenges authenticated ones); "
+                "connection-bound auth cannot complete here: check keep-alive and load on "
+                "the server or any proxy in between",
                 request=request,
             )
-        log.debug("restarting the handshake for %s on a fresh connection", target)
-        return True
+        log.debug("restarting the handshake for %s on another connection", target)
+        return done, lost
 
     def _finish(
         self,
