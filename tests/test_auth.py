@@ -14,6 +14,7 @@ import logging
 import pathlib
 import re
 import typing
+import weakref
 
 import anyio
 import httpx
@@ -749,7 +750,7 @@ def test_shared_first_token_hook_acts_only_on_its_armed_request() -> None:
     stream = typing.cast(typing.Any, None)
     new_conn = ConnectionFacts("conn-2", False, stream)
     request = httpx.Request("GET", "http://web.example/")
-    request.extensions = {"before_send": hook, _ARMED: id(request)}
+    request.extensions = {"before_send": hook, _ARMED: weakref.ref(request)}
     redirect = httpx.Request("GET", "http://web.example/next", extensions=request.extensions)
     assert hook(redirect, new_conn) is None and _STARTED not in redirect.extensions
     assert hook(request, ConnectionFacts("conn-1", True, stream)) is None

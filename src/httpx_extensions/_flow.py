@@ -47,6 +47,7 @@ import binascii
 import logging
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Generator, MutableMapping
 from dataclasses import dataclass
@@ -247,8 +248,9 @@ class FlowMixin:
             preflight = _Preflight(self, choice, target, request)
             request.extensions = {**ext, "identity": identity, "before_send": preflight}
             return (target, identity, origin, preflight)
-        # The origin's shared hook, armed for this request only (by its id: no reference).
-        request.extensions = {**ext, "identity": identity, "before_send": hook, _ARMED: id(request)}
+        # The origin's shared hook, armed for this request only (a weak reference to it).
+        armed = weakref.ref(request)
+        request.extensions = {**ext, "identity": identity, "before_send": hook, _ARMED: armed}
         return (target, identity, origin, None)  # a _Steady (a tuple: the cheapest)
 
     def _steady_end(
@@ -773,13 +775,14 @@ class _Preflight:
 class _OriginHook:
     """The fast path's ``before_send`` hook: one per origin, shared by its requests.
 
-    Does what :class:`_Preflight` does, without an object per request: the request it may
-    act on carries its own id under ``_ARMED`` (a redirect's request is another object; the
-    flow removes the key when it ends, so a request sent again is not acted on), and what it
-    started there goes into that request's extensions under ``_STARTED`` (security
-    context, conn_id, choice), where the flow takes it from. ``untagged_only`` tells the
-    transport not to call it on a connection authenticated as the request's identity,
-    where it would add nothing: the common case, made free.
+    Does what :class:`_Preflight` does, without an object per request. The request it may
+    act on carries a weak reference to itself under ``_ARMED``: a redirect's request is
+    another object, a dead reference matches no new one, and the flow removes the key when
+    it ends (a request sent again is not acted on). What the hook started there goes into
+    that request's extensions under ``_STARTED`` (security context, conn_id, choice), where
+    the flow takes it from. ``untagged_only`` tells the transport not to call it on a
+    connection authenticated as the request's identity, where it would add nothing: the
+    common case, made free.
     """
 
     __slots__ = ("auth", "choice", "target")
@@ -794,7 +797,8 @@ class _OriginHook:
         self, request: httpx.Request, facts: ConnectionFacts
     ) -> list[tuple[bytes, bytes]] | None:
         ext = request.extensions
-        if facts.tagged or ext.get(_ARMED) != id(request):
+        armed = ext.get(_ARMED)
+        if facts.tagged or armed is None or armed() is not request:
             return None  # a connection authenticated as us, a redirect's or an old request
         started = _start_handshake(self.auth, self.choice, self.target, request, facts)
         if started is None:
@@ -803,8 +807,8 @@ class _OriginHook:
         return started[1]
 
 
-#: Request extension keys of :class:`_OriginHook`: the id of the one request it may act
-#: on, and (security context, conn_id, choice) of the handshake it started there.
+#: Request extension keys of :class:`_OriginHook`: a weak reference to the one request it
+#: may act on, and (security context, conn_id, choice) of the handshake it started there.
 _ARMED = "_auth_hook_armed"
 _STARTED = "_auth_hook_started"
 
