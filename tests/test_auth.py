@@ -79,6 +79,7 @@ class FakeServer:
         connection_bound: bool = True,
         close_first: int = 0,
         drop_after_challenge: int = 0,
+        drop_after_bare: int = 0,
         headers: dict[str, str] | None = None,
         status: int = 401,
     ) -> None:
@@ -89,6 +90,8 @@ class FakeServer:
         #: Drop the connection after this many token challenges, unannounced (the next leg
         #: pinned to it lands on another connection), as a busy server does.
         self.drop_after_challenge = drop_after_challenge
+        #: The same after this many answers to a request without credentials (a bare 401).
+        self.drop_after_bare = drop_after_bare
         self.headers = headers or {}
         self.status = status
         self.conns: dict[str, Conn] = {}
@@ -123,6 +126,9 @@ class FakeServer:
         self.log.append((conn.conn_id, header.split()[0] if header else None, response.status_code))
         if self.drop_after_challenge and conn.ctx is not None:  # a handshake between legs
             self.drop_after_challenge -= 1
+            del self.conns[conn.conn_id]
+        elif self.drop_after_bare and header is None and response.status_code == self.status:
+            self.drop_after_bare -= 1
             del self.conns[conn.conn_id]
         if self.pool:
             response.extensions.update(
@@ -323,6 +329,46 @@ async def test_a_handshake_that_loses_its_connection_restarts_while_legs_remain(
             with pytest.raises(HandshakeError, match=f"lost its connection {times}"):
                 await client.get("http://h/", auth=auth)
         assert len(server.log) <= max_legs
+
+
+@pytest.mark.anyio
+async def test_a_restart_from_an_anonymous_request_needs_three_legs() -> None:
+    """A type 1 that lands on another connection (the one it was pinned to was dropped
+    after its bare 401) restarts anonymously on a new connection: allowed only while three
+    more legs fit, so the error names the lost connections, not the leg limit."""
+    server = FakeServer(drop_after_bare=1)
+    async with _client(server) as client:
+        response = await client.get("http://h/", auth=NTLMAuth("EXAMPLE\\alice", "pw"))
+    assert response.status_code == 200
+    assert [c for c, _, _ in server.log] == ["c1", "c2", "c3", "c3", "c3"]
+    server = FakeServer(drop_after_bare=2)
+    async with _client(server) as client:
+        with pytest.raises(HandshakeError, match=r"lost its connection twice \(4 of at most 6"):
+            await client.get("http://h/", auth=NTLMAuth("EXAMPLE\\alice", "pw"))
+
+
+@pytest.mark.anyio
+async def test_an_auth_object_is_freed_by_reference_counting() -> None:
+    """The fast path's shared hook (held by the auth object) refers back to it weakly:
+    an auth object used on the fast path needs no cyclic garbage collection."""
+    import gc
+
+    from httpx_extensions import ExClient
+
+    with AuthServer(users={"alice": "pw"}, domain="EXAMPLE", scheme="ntlm") as server:
+        async with ExClient() as client:
+            auth = NTLMAuth("EXAMPLE\\alice", "pw")
+            for _ in range(2):  # a handshake, then the fast path
+                assert (await client.get(server.url + "/", auth=auth)).status_code == 200
+            assert auth._fast
+            ref = weakref.ref(auth)
+            gc.collect()
+            gc.disable()
+            try:
+                del auth
+                assert ref() is None
+            finally:
+                gc.enable()
 
 
 @pytest.mark.anyio
@@ -792,6 +838,15 @@ async def test_untagged_only_hook_is_not_called_on_a_tagged_connection() -> None
                     assert response.status_code == 200
                 assert response.extensions["conn_tagged"]  # the second went to a tagged one
                 assert hook.calls == ([False] if untagged_only else [False, True])
+            # The same for a caller's hook on an auth flow's requests (which wraps it).
+            auth = NTLMAuth("EXAMPLE\\alice", "pw")
+            hook = Hook(untagged_only=True)
+            for _ in range(3):  # a handshake, then the fast path on its connection
+                response = await client.get(
+                    server.url + "/", auth=auth, extensions={"before_send": hook}
+                )
+                assert response.status_code == 200
+            assert response.extensions["conn_tagged"] and hook.calls == [False]
 
 
 @pytest.mark.anyio

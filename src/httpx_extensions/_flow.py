@@ -422,6 +422,7 @@ class FlowMixin:
                 return
             challenges = parse_challenges(response.headers.get_list(challenge_header))
             closing = "close" in response.headers.get("connection", "").lower()
+            counted = False  # a restart was counted for this response already
             # Decide what to send next: `break` sends, `return` ends, `continue` re-decides.
             while True:
                 if ctx is not None:
@@ -438,8 +439,9 @@ class FlowMixin:
                         return
                     if in_token is None and (proactive is not None or moved):
                         ctx, proactive = None, None  # decide afresh on this bare challenge
-                        if moved:
+                        if moved:  # (here, on the connection that answered: two legs)
                             restarts = self._restart_or_raise(restarts, legs, request, target)
+                            counted = True
                         continue
                     if in_token is None or ctx.complete:
                         raise CredentialsRejectedError(
@@ -449,9 +451,9 @@ class FlowMixin:
                             "the account, and the server's authorization rules",
                             request=request,
                         )
-                    if closing or moved:
+                    if closing or moved:  # anonymously, on a new connection: three legs
                         restarts = self._restart_or_raise(
-                            restarts, legs, request, target, announced=closing
+                            restarts, legs, request, target, announced=closing, needs=3
                         )
                         ctx = None
                         _set_ext(request, conn_id=None, new_connection=True, _auth_leg_pin=None)
@@ -474,7 +476,7 @@ class FlowMixin:
                     ext.get("conn_tagged") and not self._reauth_in_place(conn_id, identity)
                 ):
                     restarts = self._restart_or_raise(
-                        restarts, legs, request, target, announced=True
+                        restarts, legs, request, target, announced=True, needs=3, count=not counted
                     )
                     _set_ext(request, conn_id=None, new_connection=True, _auth_leg_pin=None)
                     request.headers.pop(self._auth_header, None)
@@ -532,6 +534,8 @@ class FlowMixin:
         target: Target,
         *,
         announced: bool = False,
+        needs: int = 2,
+        count: bool = True,
     ) -> tuple[int, int]:
         """Count one more restart of the handshake on another connection, or raise.
 
@@ -541,17 +545,22 @@ class FlowMixin:
         connection is tried, not two. Lost: the connection closed between two legs without
         notice. A busy server does that at random (Apache's event MPM, short of workers,
         closes idle keep-alive connections, handshakes between legs included), so the
-        handshake starts again as long as a whole one (two more legs) fits in ``max_legs``.
+        handshake starts again as long as a whole one (``needs`` more legs: two where a
+        bare challenge already came, three from an anonymous request) fits in ``max_legs``.
+        ``count=False``: the restart that this same response already counted goes
+        elsewhere (the connection that answered cannot take the handshake either).
         """
         done, lost = restarts
-        done, lost = (done + 1, lost) if announced else (done, lost + 1)
-        if done > 1 or legs + 2 > self.max_legs:
-            times = "twice" if done + lost == 2 else f"{done + lost} times"
+        if count:
+            done, lost = (done + 1, lost) if announced else (done, lost + 1)
+        if done > 1 or legs + needs > self.max_legs:
+            n = done + lost
+            times = "once" if n == 1 else "twice" if n == 2 else f"{n} times"
             raise HandshakeError(
-                f"the handshake for {target} lost its connection {times} (the server closes "
-                "connections mid-handshake, or re-challenges authenticated ones); "
-                "connection-bound auth cannot complete here: check keep-alive and load on "
-                "the server or any proxy in between",
+                f"the handshake for {target} lost its connection {times} ({legs} of at most "
+                f"{self.max_legs} legs sent; the server closes connections mid-handshake, or "
+                "re-challenges authenticated ones); connection-bound auth cannot complete "
+                "here: check keep-alive and load on the server or any proxy in between",
                 request=request,
             )
         log.debug("restarting the handshake for %s on another connection", target)
@@ -754,9 +763,10 @@ class _Preflight:
     def __call__(
         self, request: httpx.Request, facts: ConnectionFacts
     ) -> list[tuple[bytes, bytes]] | None:
-        if self.inner is None:
+        inner = self.inner
+        if inner is None or (facts.tagged and getattr(inner, "untagged_only", False)):
             return self._first_token(request, facts)
-        extra = self.inner(request, facts)
+        extra = inner(request, facts)
         ours = self._first_token(request, facts)
         return [*extra, *ours] if extra and ours else (ours or extra)
 
@@ -789,7 +799,9 @@ class _OriginHook:
     untagged_only = True
 
     def __init__(self, auth: FlowMixin, choice: tuple[str, str], target: Target) -> None:
-        self.auth = auth
+        # Weakly: the auth object holds this hook (its fast-path entry); a strong reference
+        # back would leave every auth object to the cyclic garbage collector.
+        self.auth = weakref.ref(auth)
         self.choice = choice
         self.target = target
 
@@ -800,7 +812,10 @@ class _OriginHook:
         armed = ext.get(_ARMED)
         if facts.tagged or armed is None or armed() is not request:
             return None  # a connection authenticated as us, a redirect's or an old request
-        started = _start_handshake(self.auth, self.choice, self.target, request, facts)
+        auth = self.auth()
+        if auth is None:  # pragma: no cover - the request's flow holds its auth object
+            return None
+        started = _start_handshake(auth, self.choice, self.target, request, facts)
         if started is None:
             return None
         ext[_STARTED] = (started[0], facts.conn_id, self.choice)
@@ -814,14 +829,15 @@ _STARTED = "_auth_hook_started"
 
 
 def _disarm(request: httpx.Request, steady: _Steady) -> None:
-    """End a flow's first-token hook (either kind): no request <-> context cycle is left."""
+    """End a flow's first-token hook (either kind): no request <-> context cycle is left.
+    The flow's own leg pin goes too: sent again, the request is the caller's alone."""
     if steady[3] is not None:
         steady[3].request = None
-    else:
-        ext = request.extensions
-        if _ARMED in ext:
-            del ext[_ARMED]
-        ext.pop(_STARTED, None)
+    ext = request.extensions
+    if _ARMED in ext:
+        del ext[_ARMED]
+    ext.pop(_STARTED, None)
+    ext.pop("_auth_leg_pin", None)
 
 
 def _start_handshake(
