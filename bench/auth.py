@@ -12,7 +12,9 @@ What it does, in one process run:
   (the column the targets apply to: Negotiate with ``DOMAIN\\user`` and a password, which
   falls back to NTLM there), ExClient + NTLMAuth,
   requests + requests-ntlm on 10 and on 100 threads (a Session per thread),
-  httpx.AsyncClient + httpx-ntlm, aiohttp + aiohttp-ntlm (a middleware);
+  httpx.AsyncClient + httpx-ntlm, aiohttp + aiohttp-ntlm (a middleware), and aiohttp
+  unauthenticated on ``/anon/`` (no target: how much of its own anonymous rate the
+  fastest peer keeps, to read our 90 % target against);
 * per run: ``--requests`` GETs by ``--concurrency`` workers pulling from one counter, on a
   fresh client and auth object (so every run pays its handshakes; what Negotiate learnt
   about Kerberos, one KDC probe a minute per user, password and SPN, is process-wide, as
@@ -59,6 +61,7 @@ REQ10 = "requests-ntlm x10"
 REQ100 = "requests-ntlm x100"
 HTTPX_NTLM = "httpx+httpx-ntlm"
 AIOHTTP_NTLM = "aiohttp+aiohttp-ntlm"
+AIOHTTP_ANON = "aiohttp anon"
 
 
 Runner = Callable[["Target", int], Result]
@@ -212,20 +215,21 @@ def run_httpx_ntlm(t: Target, n: int, concurrency: int) -> Result:
     return asyncio.run(go())
 
 
-def run_aiohttp_ntlm(t: Target, n: int, concurrency: int) -> Result:
+def run_aiohttp_ntlm(t: Target, n: int, concurrency: int, anonymous: bool = False) -> Result:
     import aiohttp
     from aiohttp_ntlm import HttpNtlmAuthMiddleware  # type: ignore[import-untyped]
 
     async def go() -> Result:
         connector = aiohttp.TCPConnector(limit=concurrency)
-        middleware = HttpNtlmAuthMiddleware(t.username, t.password)
+        middlewares = () if anonymous else (HttpNtlmAuthMiddleware(t.username, t.password),)
         timeout = aiohttp.ClientTimeout(total=30)
+        url = t.anon_url if anonymous else t.auth_url
         async with aiohttp.ClientSession(
-            connector=connector, middlewares=(middleware,), timeout=timeout
+            connector=connector, middlewares=middlewares, timeout=timeout
         ) as session:
 
             async def get() -> bool:
-                async with session.get(t.auth_url) as response:
+                async with session.get(url) as response:
                     await response.read()
                     return response.status == 200
 
@@ -278,12 +282,14 @@ def columns(args: argparse.Namespace) -> dict[str, Runner]:
         REQ100: lambda t, n: run_requests_ntlm(t, n, 100),
         HTTPX_NTLM: lambda t, n: run_httpx_ntlm(t, n, c),
         AIOHTTP_NTLM: lambda t, n: run_aiohttp_ntlm(t, n, c),
+        AIOHTTP_ANON: lambda t, n: run_aiohttp_ntlm(t, n, c, anonymous=True),
     }
     needs = {
         REQ10: "requests_ntlm",
         REQ100: "requests_ntlm",
         HTTPX_NTLM: "httpx_ntlm",
         AIOHTTP_NTLM: "aiohttp_ntlm",
+        AIOHTTP_ANON: "aiohttp_ntlm",
     }
     for name, module in needs.items():
         if importlib.util.find_spec(module) is None:
@@ -353,6 +359,9 @@ def report(runs: list[Run], names: list[str], args: argparse.Namespace) -> bool:
     if OURS_NTLM in names and BASELINE in names:  # for reading the target's gap, not a target
         share = med(OURS_NTLM, "rps") / med(BASELINE, "rps")
         print(f"info  {OURS_NTLM} (raw NTLM, no SPNEGO): {share:.0%} of {BASELINE}")
+    if AIOHTTP_NTLM in names and AIOHTTP_ANON in names:  # the peer's retention, not a target
+        share = med(AIOHTTP_NTLM, "rps") / med(AIOHTTP_ANON, "rps")
+        print(f"info  {AIOHTTP_NTLM}: {share:.0%} of {AIOHTTP_ANON} (the same kind of ratio)")
     return all(ok for _, ok in checks)
 
 
