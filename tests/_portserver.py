@@ -74,9 +74,9 @@ class _Handler(socketserver.StreamRequestHandler):
             head = [f"HTTP/1.1 {status} {'OK' if status == 200 else 'Found'}"]
             head += [f"{k}: {v}" for k, v in extra]
             head += [f"Content-Length: {len(body)}", "Content-Type: application/json"]
-            if close and url.path != "/drop":
-                head.append("Connection: close")
             close = close or query.get("close") == "1"
+            if close and url.path != "/drop":  # ?close=1 included, as the module doc says
+                head.append("Connection: close")
             if url.path == "/trickle":
                 if self._trickle(head, int(query.get("n", "20"))):
                     continue

@@ -118,6 +118,34 @@ async def test_gone_connection_warns(
     assert "conn-unknown" in warnings[1].getMessage()
 
 
+async def test_pinned_connection_that_closes_while_waited_for_warns(
+    port_server: PortServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request pinned to a busy connection that then closes (its current response says
+    Connection: close) logs one WARNING naming it and is sent on another connection."""
+    async with ExClient() as client:
+        cid = (await client.get(port_server.url + "/")).extensions["conn_id"]
+        results: dict[str, httpx.Response] = {}
+
+        async def closing() -> None:
+            url = port_server.url + "/slow?s=0.3&close=1"
+            results["closing"] = await client.get(url, extensions={"conn_id": cid})
+
+        async def pinned() -> None:
+            await anyio.sleep(0.05)  # the connection is busy now: this one waits for it
+            results["pinned"] = await client.get(port_server.url + "/", extensions={"conn_id": cid})
+
+        with caplog.at_level(logging.WARNING, logger="httpx_extensions"):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(closing)
+                tg.start_soon(pinned)
+    assert results["closing"].extensions["conn_id"] == cid
+    assert results["pinned"].status_code == 200
+    assert results["pinned"].extensions["conn_id"] != cid
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and cid in warnings[0] and "waited" in warnings[0]
+
+
 async def test_stream_keeps_reservation_until_closed(port_server: PortServer) -> None:
     """A streamed flow's connection stays busy until the response is closed."""
     async with ExClient() as client:

@@ -230,6 +230,13 @@ class Pool:
             if isinstance(result, Waiter):
                 result = await self._wait(result, pool_timeout)
             if isinstance(result, Gone):
+                if pin is not None and explicit:  # closed while this request waited for it
+                    logger.log(
+                        logging.WARNING if warn else logging.DEBUG,
+                        "conn_id %s was requested but it closed while the request waited for "
+                        "it; sending on another connection",
+                        pin,
+                    )
                 pin = None
                 continue
             if isinstance(result, Slot):
