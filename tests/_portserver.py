@@ -10,6 +10,7 @@ Paths:
   ``/big?n=BYTES``   200 with an n-byte body
   ``/trickle?n=K``   200 with a K-chunk body, one chunk every 50 ms
   any path ``?close=1``: answer with ``Connection: close``
+  any path ``?drop=1``: claim keep-alive, then close (as ``/drop``)
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class _Handler(socketserver.StreamRequestHandler):
             close = close or query.get("close") == "1"
             if close and url.path != "/drop":  # ?close=1 included, as the module doc says
                 head.append("Connection: close")
+            close = close or query.get("drop") == "1"
             if url.path == "/trickle":
                 if self._trickle(head, int(query.get("n", "20"))):
                     continue

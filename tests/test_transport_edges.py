@@ -156,14 +156,17 @@ async def test_pin_rejections_warn(
         assert any("another identity" in m for m in messages)
 
 
-async def test_pinned_waiter_sees_connection_close(port_server: PortServer) -> None:
-    """A request waiting for a busy pinned connection that then closes goes elsewhere."""
+@pytest.mark.parametrize("close", ["close=1", "drop=1"])
+async def test_pinned_waiter_sees_connection_close(port_server: PortServer, close: str) -> None:
+    """A request waiting for a busy pinned connection that then closes goes elsewhere,
+    whether the closing was announced (``Connection: close``: the pool wakes the waiter)
+    or not (handed the connection, the write fails and the transport sends elsewhere)."""
     async with ExClient() as client:
         cid = (await client.get(port_server.url + "/")).extensions["conn_id"]
         results: list[httpx.Response] = []
 
         async def busy() -> None:
-            url = port_server.url + "/slow?s=0.2&close=1"
+            url = port_server.url + "/slow?s=0.2&" + close
             results.append(await client.get(url, extensions={"conn_id": cid}))
 
         async def pinned() -> None:
