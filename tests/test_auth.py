@@ -725,29 +725,35 @@ async def test_handshake_on_a_new_connection_skips_the_anonymous_round_trip() ->
             assert "Authorization" not in again.request.headers
 
 
-def test_first_token_hook_only_for_its_request_on_an_unauthenticated_connection() -> None:
-    """The before_send hook adds a token only for the request it was made for (never a
-    redirect's) and only on a connection not already authenticated as its identity."""
-    from httpx_extensions._flow import _Preflight
+def test_arming_a_request_chains_the_callers_hook_and_replaces_ours() -> None:
+    """_arm tags the request and arms our hook for it; a before_send the caller put there
+    is chained (called first, its headers kept); one of ours left by an earlier send of
+    the request is replaced, never chained."""
+    from httpx_extensions._flow import _ARMED, _arm, _Chained, _OriginHook
     from httpx_extensions._spnego import Target
     from httpx_extensions._transport import ConnectionFacts
 
     auth = NTLMAuth("EXAMPLE\\alice", "pw")
-    request = httpx.Request("GET", "http://web.example/")
-    hook = _Preflight(auth, ("NTLM", "ntlm"), Target("HTTP", "web.example"), request)
-    stream = typing.cast(typing.Any, None)
-    redirect = httpx.Request("GET", "http://elsewhere.example/")
-    assert hook(redirect, ConnectionFacts("conn-1", False, stream)) is None
-    assert hook(request, ConnectionFacts("conn-1", True, stream)) is None
-    assert hook.ctx is None
-    headers = hook(request, ConnectionFacts("conn-2", False, stream))
-    assert headers is not None and headers[0][0] == b"Authorization"
-    assert headers[0][1].startswith(b"NTLM TlRMTVNTUAAB")  # an NTLM NEGOTIATE message
-    assert hook.ctx is not None and hook.conn_id == "conn-2"
-    # A request sent again still carries this hook: the next flow's hook does not chain it.
-    request.extensions = {**request.extensions, "before_send": hook}
-    again = _Preflight(auth, ("NTLM", "ntlm"), Target("HTTP", "web.example"), request)
-    assert again.inner is None
+    identity = auth._identity("HTTP@web.example")
+    hook = _OriginHook(auth, ("NTLM", "ntlm"), Target("HTTP", "web.example"))
+
+    def mine(request: httpx.Request, facts: typing.Any) -> list[tuple[bytes, bytes]]:
+        return [(b"X-Mine", b"1")]
+
+    request = httpx.Request("GET", "http://web.example/", extensions={"before_send": mine})
+    _arm(request, identity, hook)
+    chained = request.extensions["before_send"]
+    assert type(chained) is _Chained and chained.inner is mine and not chained.untagged_only
+    assert request.extensions["identity"] is identity
+    assert request.extensions[_ARMED]() is request
+    headers = chained(request, ConnectionFacts("conn-1", False, typing.cast(typing.Any, None)))
+    assert headers is not None and [name for name, _ in headers] == [b"X-Mine", b"Authorization"]
+    _arm(request, identity, hook)  # sent again: the caller's hook once, not ours twice
+    assert request.extensions["before_send"].inner is mine
+    plain = httpx.Request("GET", "http://web.example/")
+    _arm(plain, identity, hook)
+    _arm(plain, identity, hook)
+    assert plain.extensions["before_send"] is hook
 
 
 def test_first_token_hook_gives_way_when_it_cannot_make_a_token(
@@ -755,13 +761,15 @@ def test_first_token_hook_gives_way_when_it_cannot_make_a_token(
 ) -> None:
     """No token from the hook (the flow then probes anonymously) when the context would
     block the event loop, fails to build, or yields nothing."""
-    from httpx_extensions._flow import _Preflight
+    from httpx_extensions._flow import _ARMED, _STARTED, _OriginHook
     from httpx_extensions._spnego import Target
     from httpx_extensions._transport import ConnectionFacts
 
     auth = NTLMAuth("EXAMPLE\\alice", "pw")
     request = httpx.Request("GET", "http://web.example/")
+    request.extensions = {_ARMED: weakref.ref(request)}
     facts = ConnectionFacts("conn-1", False, typing.cast(typing.Any, None))
+    hook = _OriginHook(auth, ("NTLM", "ntlm"), Target("HTTP", "web.example"))
 
     class Ctx:
         def __init__(self, blocking: bool, token: bytes | None) -> None:
@@ -779,8 +787,7 @@ def test_first_token_hook_gives_way_when_it_cannot_make_a_token(
         fails,
     ):
         monkeypatch.setattr(auth, "_context", context)
-        hook = _Preflight(auth, ("NTLM", "ntlm"), Target("HTTP", "web.example"), request)
-        assert hook(request, facts) is None and hook.ctx is None
+        assert hook(request, facts) is None and _STARTED not in request.extensions
 
 
 def test_shared_first_token_hook_acts_only_on_its_armed_request() -> None:
@@ -806,12 +813,9 @@ def test_shared_first_token_hook_acts_only_on_its_armed_request() -> None:
     assert headers[0][1].startswith(b"NTLM TlRMTVNTUAAB")  # an NTLM NEGOTIATE message
     ctx, conn_id, choice = request.extensions[_STARTED]
     assert (ctx.protocol, conn_id, choice) == ("ntlm", "conn-2", ("NTLM", "ntlm"))
-    _disarm(request, typing.cast(typing.Any, (None, None, None, None)))  # its flow ended
+    _disarm(request)  # its flow ended
     assert _ARMED not in request.extensions and _STARTED not in request.extensions
     assert hook(request, new_conn) is None  # the request sent again, without a flow
-    # A later flow on that request does not take the old hook for the caller's own.
-    again = httpx_extensions._flow._Preflight(auth, ("NTLM", "ntlm"), ctx.target, request)
-    assert again.inner is None
 
 
 @pytest.mark.anyio

@@ -138,7 +138,7 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
             try:
                 response = yield request
             except BaseException:  # the send failed: no request <-> hook cycle left behind
-                _disarm(request, steady)
+                _disarm(request)
                 raise
             if self._steady_end(request, response, steady):
                 return

@@ -241,34 +241,20 @@ class FlowMixin:
             return None
         if not isinstance(request.stream, httpx.ByteStream):
             return None
-        ext = request.extensions
-        mine = ext.get("before_send")
-        if mine is not None and type(mine) is not _OriginHook:
-            # The caller's own hook: one of ours for this request alone, which calls it.
-            preflight = _Preflight(self, choice, target, request)
-            request.extensions = {**ext, "identity": identity, "before_send": preflight}
-            return (target, identity, origin, preflight)
-        # The origin's shared hook, armed for this request only (a weak reference to it).
-        armed = weakref.ref(request)
-        request.extensions = {**ext, "identity": identity, "before_send": hook, _ARMED: armed}
-        return (target, identity, origin, None)  # a _Steady (a tuple: the cheapest)
+        _arm(request, identity, hook)
+        return (target, identity, origin)  # a _Steady (a tuple: the cheapest)
 
     def _steady_end(
         self, request: httpx.Request, response: httpx.Response, steady: _Steady
     ) -> bool:
         """The fast path's second half: ``True`` if the flow is done (the common case: no
         challenge); ``False``: hand ``response`` to the whole flow (``_flow(first=...)``)."""
-        ext = response.extensions
-        self._pool_aware = "conn_id" in ext
-        preflight = steady[3]
-        if preflight is not None:
-            if preflight.ctx is not None:
-                return False  # the hook started a handshake on a new connection
-        elif _STARTED in request.extensions:
-            return False  # (the shared hook's record of that)
+        self._pool_aware = "conn_id" in response.extensions
+        if _STARTED in request.extensions:
+            return False  # the hook started a handshake on a new connection
         if response.status_code == 401 or not _same_origin(request, response):
             return False
-        _disarm(request, steady)
+        _disarm(request)
         self._note_reuse(response, steady[1])
         return True
 
@@ -297,9 +283,7 @@ class FlowMixin:
         challenge_header = "Proxy-Authenticate" if self._proxy is not None else "WWW-Authenticate"
         if first is not None:
             yield from _unhooking(
-                request,
-                first[0],
-                self._legs(request, status, challenge_header, first[0], first[1]),
+                request, self._legs(request, status, challenge_header, first[0], first[1])
             )
             return
         host = self._proxy.host if self._proxy is not None else request.url.host
@@ -323,7 +307,7 @@ class FlowMixin:
                 "handshake may have to send it again; pass content=bytes or buffer_body=True",
                 request=request,
             )
-        preflight: _Preflight | None = None
+        preflight: _OriginHook | None = None
         origin = _origin(request.url)
         proactive = self._proactive_choice(request)
         if proactive is None:
@@ -340,11 +324,7 @@ class FlowMixin:
                 preflight = self._preflight(origin, request, target)
                 proactive = self._proactive_choice(request) if preflight is None else None
         if preflight is not None:
-            request.extensions = {
-                **request.extensions,
-                "identity": identity,
-                "before_send": preflight,
-            }
+            _arm(request, identity, preflight)
         else:
             request.extensions = {**request.extensions, "identity": identity}
         ctx: SecurityContext | None = None
@@ -358,10 +338,9 @@ class FlowMixin:
             except AuthenticationError as exc:  # best effort: go anonymous, fail on a 401
                 log.debug("no proactive token for %s: %s", target, type(exc).__name__)
                 ctx = proactive = None
-        steady: _Steady = (target, identity, origin, preflight)
+        steady: _Steady = (target, identity, origin)
         yield from _unhooking(
             request,
-            steady,
             self._legs(
                 request, status, challenge_header, steady, None, ctx, scheme, proactive, scout_job
             ),
@@ -382,8 +361,8 @@ class FlowMixin:
         """Send ``request`` and answer challenges (cases 2-5 of the module doc); with
         ``response``, its first leg was sent already and this is the answer. Run it through
         :func:`_unhooking`."""
-        target, identity, origin, preflight = steady
-        armed = preflight is None and _ARMED in request.extensions
+        target, identity, origin = steady
+        armed = _ARMED in request.extensions
         scout = scout_job is not None
         legs = 0 if response is None else 1
         restarts = (0, 0)  # (announced, lost): see _restart_or_raise
@@ -401,18 +380,11 @@ class FlowMixin:
                 response = yield request
             ext = response.extensions
             self._pool_aware = "conn_id" in ext
-            if preflight is not None:
-                preflight.request = None  # disarmed: later legs carry their own tokens
-                if preflight.ctx is not None:  # the transport sent its token: a handshake
-                    ctx, conn_id = preflight.ctx, preflight.conn_id
-                    preflight.ctx = None  # (the request holds the hook: no reference cycle)
-                    scheme, _ = proactive = preflight.choice
-                preflight = None
-            elif armed:  # the same, from the origin's shared hook (_OriginHook)
+            if armed:  # disarm the first-token hook: later legs carry their own tokens
                 armed = False
                 request.extensions.pop(_ARMED, None)
                 started = request.extensions.pop(_STARTED, None)
-                if started is not None:
+                if started is not None:  # the transport sent its token: a handshake
                     ctx, conn_id, proactive = started
                     scheme = proactive[0]
             if not _same_origin(request, response):
@@ -625,14 +597,14 @@ class FlowMixin:
 
     def _preflight(
         self, origin: _Origin, request: httpx.Request, target: Target
-    ) -> _Preflight | None:
-        """A before_send hook for this request if its origin wanted our handshake before:
+    ) -> _OriginHook | None:
+        """A first-token hook for this request if its origin wanted our handshake before:
         if the pool hands the request a connection not yet authenticated as us, the
         handshake starts right there."""
         if not self._pool_aware or self._proxy is not None:
             return None
         found = self._preflight_choice(origin, target)
-        return None if found is None else _Preflight(self, found[0], target, request)
+        return None if found is None else _OriginHook(self, found[0], target)
 
     def _preflight_choice(
         self, origin: _Origin, target: Target
@@ -707,8 +679,8 @@ class _Fast(NamedTuple):
 
 
 #: What a flow knows before its first leg (see ``FlowMixin._steady_start``): target,
-#: identity, origin, first-token hook. A plain tuple: built for every request.
-_Steady = tuple[Target, AuthIdentity, _Origin, "_Preflight | None"]
+#: identity, origin. A plain tuple: built for every request.
+_Steady = tuple[Target, AuthIdentity, _Origin]
 
 
 class _Scout:
@@ -721,7 +693,7 @@ class _Scout:
 
     Why: 100 requests started at once on a new client would otherwise each send an
     anonymous request only to be told 401, on 100 connections. After the scout's first
-    token, the others send their first token with their first request (``_Preflight``).
+    token, the others send their first token with their first request (``_OriginHook``).
     """
 
     __slots__ = ("event", "key", "origin")
@@ -732,67 +704,24 @@ class _Scout:
         self.key: Any = None  # (event loop, origin)
 
 
-class _Preflight:
+class _OriginHook:
     """A ``before_send`` hook (docs/internals.md): the first token, on the chosen connection.
 
-    Set on the first request of a flow to an origin where this auth object completed a
-    connection-bound, non-blocking (NTLM) handshake before. When the pool picks a connection
-    not yet authenticated as this identity (a new one, typically), the hook creates the
-    security context for *that* connection (its certificate for channel bindings) and adds
-    the first token to the request: the anonymous round trip that would only fetch a 401
-    is saved. On a connection already authenticated as us it adds nothing. A ``before_send``
-    hook the caller had put on the request is kept: it is called first, as it would have been.
-    """
+    Set (by :func:`_arm`) on the requests of a flow to an origin where this auth object
+    completed a connection-bound, non-blocking (NTLM) handshake before. When the pool picks
+    a connection not yet authenticated as this identity (a new one, typically), the hook
+    creates the security context for *that* connection (its certificate for channel
+    bindings) and adds the first token to the request: the anonymous round trip that would
+    only fetch a 401 is saved.
 
-    __slots__ = ("auth", "choice", "conn_id", "ctx", "inner", "request", "target")
-
-    def __init__(
-        self, auth: FlowMixin, choice: tuple[str, str], target: Target, request: httpx.Request
-    ) -> None:
-        self.auth = auth
-        self.choice = choice
-        self.target = target
-        #: The one request it may act on; None once the flow saw its first answer.
-        self.request: httpx.Request | None = request
-        self.ctx: SecurityContext | None = None
-        self.conn_id: Any = None
-        inner = request.extensions.get("before_send")
-        #: The caller's own hook (never one of ours, left on a request sent again).
-        self.inner: Any = None if isinstance(inner, (_Preflight, _OriginHook)) else inner
-
-    def __call__(
-        self, request: httpx.Request, facts: ConnectionFacts
-    ) -> list[tuple[bytes, bytes]] | None:
-        inner = self.inner
-        if inner is None or (facts.tagged and getattr(inner, "untagged_only", False)):
-            return self._first_token(request, facts)
-        extra = inner(request, facts)
-        ours = self._first_token(request, facts)
-        return [*extra, *ours] if extra and ours else (ours or extra)
-
-    def _first_token(
-        self, request: httpx.Request, facts: ConnectionFacts
-    ) -> list[tuple[bytes, bytes]] | None:
-        if request is not self.request or facts.tagged:
-            return None  # a redirect's request, or a connection authenticated as us
-        started = _start_handshake(self.auth, self.choice, self.target, request, facts)
-        if started is None:
-            return None
-        self.ctx, self.conn_id = started[0], facts.conn_id
-        return started[1]
-
-
-class _OriginHook:
-    """The fast path's ``before_send`` hook: one per origin, shared by its requests.
-
-    Does what :class:`_Preflight` does, without an object per request. The request it may
-    act on carries a weak reference to itself under ``_ARMED``: a redirect's request is
-    another object, a dead reference matches no new one, and the flow removes the key when
-    it ends (a request sent again is not acted on). What the hook started there goes into
-    that request's extensions under ``_STARTED`` (security context, conn_id, choice), where
-    the flow takes it from. ``untagged_only`` tells the transport not to call it on a
-    connection authenticated as the request's identity, where it would add nothing: the
-    common case, made free.
+    One per origin (the fast path's ``_Fast`` entry holds it), shared by its requests. The
+    request it may act on carries a weak reference to itself under ``_ARMED``: a redirect's
+    request is another object, a dead reference matches no new one, and the flow removes
+    the key when it ends (a request sent again is not acted on). What the hook started
+    goes into that request's extensions under ``_STARTED`` (security context, conn_id,
+    choice), where the flow takes it from. ``untagged_only`` tells the transport not to
+    call it on a connection authenticated as the request's identity, where it would add
+    nothing: the common case, made free.
     """
 
     __slots__ = ("auth", "choice", "target")
@@ -828,11 +757,42 @@ _ARMED = "_auth_hook_armed"
 _STARTED = "_auth_hook_started"
 
 
-def _disarm(request: httpx.Request, steady: _Steady) -> None:
-    """End a flow's first-token hook (either kind): no request <-> context cycle is left.
-    The flow's own leg pin goes too: sent again, the request is the caller's alone."""
-    if steady[3] is not None:
-        steady[3].request = None
+class _Chained:
+    """A ``before_send`` hook the caller put on a request, then our first-token hook: both
+    are called, the caller's first, as it would have been, and both sets of headers sent."""
+
+    __slots__ = ("inner", "hook", "untagged_only")
+
+    def __init__(self, inner: Any, hook: _OriginHook) -> None:
+        self.inner = inner
+        self.hook = hook
+        #: Ours adds nothing on a tagged connection: skip both only if the caller's may.
+        self.untagged_only = bool(getattr(inner, "untagged_only", False))
+
+    def __call__(
+        self, request: httpx.Request, facts: ConnectionFacts
+    ) -> list[tuple[bytes, bytes]] | None:
+        extra = self.inner(request, facts)
+        ours = self.hook(request, facts)
+        return [*extra, *ours] if extra and ours else (ours or extra)
+
+
+def _arm(request: httpx.Request, identity: AuthIdentity, hook: _OriginHook) -> None:
+    """Tag ``request`` with ``identity`` and arm ``hook`` for it alone (a weak reference to
+    it under ``_ARMED``). A ``before_send`` of the caller's is chained, called first; one of
+    ours left by an earlier send of this request is replaced."""
+    ext = request.extensions
+    mine = ext.get("before_send")
+    before_send: Any = hook
+    if mine is not None and type(mine) is not _OriginHook:
+        before_send = _Chained(mine.inner if type(mine) is _Chained else mine, hook)
+    armed = weakref.ref(request)
+    request.extensions = {**ext, "identity": identity, "before_send": before_send, _ARMED: armed}
+
+
+def _disarm(request: httpx.Request) -> None:
+    """End a flow's first-token hook: no request <-> context cycle is left. The flow's
+    own leg pin goes too: sent again, the request is the caller's alone."""
     ext = request.extensions
     if _ARMED in ext:
         del ext[_ARMED]
@@ -872,14 +832,14 @@ def _start_handshake(
 
 
 def _unhooking(
-    request: httpx.Request, steady: _Steady, legs: Generator[httpx.Request | Job, Any, None]
+    request: httpx.Request, legs: Generator[httpx.Request | Job, Any, None]
 ) -> Generator[httpx.Request | Job, Any, None]:
-    """Run a flow's ``legs``; however they end (a failed send too), cut the first-token
-    hook's link back to its request, so no request <-> hook reference cycle is left."""
+    """Run a flow's ``legs``; however they end (a failed send too), disarm the first-token
+    hook, so no request <-> security context reference cycle is left."""
     try:
         yield from legs
     finally:
-        _disarm(request, steady)
+        _disarm(request)
 
 
 def _credentials(scheme: str, token: bytes) -> str:

@@ -202,12 +202,12 @@ class Pool:
         new: bool,
         flow: Flow | None,
         timeouts: typing.Mapping[str, float | None],
-        warn: bool = True,
+        level: int = logging.WARNING,
     ) -> tuple[Connection, bool]:
         """Get a connection for one request; return it and whether it already had this tag.
 
-        ``warn=False``: an explicit pin that is gone is logged at DEBUG, not WARNING (an
-        auth flow's own legs: the caller asked for no connection).
+        ``level``: how an explicit pin that is gone is logged (DEBUG for an auth flow's own
+        legs, where the caller asked for no connection).
 
         Raises:
             httpcore.PoolTimeout: no connection within the pool timeout; raise the pool
@@ -225,14 +225,14 @@ class Pool:
             if self._closed:
                 raise RuntimeError("the connection pool was closed; create a new client")
             result: Result | Waiter = self._acquire_nowait(
-                origin, identity, pin, explicit, new, flow, warn
+                origin, identity, pin, explicit, new, flow, level
             )
             if isinstance(result, Waiter):
                 result = await self._wait(result, pool_timeout)
             if isinstance(result, Gone):
                 if pin is not None and explicit:  # closed while this request waited for it
                     logger.log(
-                        logging.WARNING if warn else logging.DEBUG,
+                        level,
                         "conn_id %s was requested but it closed while the request waited for "
                         "it; sending on another connection",
                         pin,
@@ -259,11 +259,11 @@ class Pool:
         explicit: bool,
         new: bool,
         flow: Flow | None,
-        warn: bool = True,
+        level: int = logging.WARNING,
     ) -> Result | Waiter:
         # Case 1: the request is pinned to a connection.
         if pin is not None:
-            got = self._take_pinned(origin, identity, pin, explicit, flow, warn)
+            got = self._take_pinned(origin, identity, pin, explicit, flow, level)
             if got is not None:
                 return got
         # A flow holds at most one reservation: moving on frees the previous one, so a
@@ -301,7 +301,7 @@ class Pool:
         pin: str,
         explicit: bool,
         flow: Flow | None,
-        warn: bool = True,
+        level: int = logging.WARNING,
     ) -> Connection | Waiter | None:
         conn = self._conns.get(pin)
         why = None
@@ -319,7 +319,7 @@ class Pool:
         if why is not None:
             if explicit:
                 logger.log(
-                    logging.WARNING if warn else logging.DEBUG,
+                    level,
                     "conn_id %s was requested but %s; sending on another connection",
                     pin,
                     why,

@@ -205,7 +205,7 @@ class ExTransport(httpx.AsyncBaseTransport):
         explicit = pin is not None
         # An auth flow pins its own legs (AUTH_LEG_PIN): the caller asked for no connection,
         # so one that is gone is no news for WARNING (the flow restarts, or says why not).
-        warn = explicit and not ext.get(AUTH_LEG_PIN)
+        level = logging.DEBUG if explicit and ext.get(AUTH_LEG_PIN) else logging.WARNING
         if not explicit and not new and flow is not None and flow.reserved is not None:
             if flow.reserved.origin == origin:
                 pin = flow.reserved.conn_id
@@ -225,7 +225,7 @@ class ExTransport(httpx.AsyncBaseTransport):
         while True:
             try:
                 conn, tagged = await pool.acquire(
-                    origin, identity, pin, explicit, new, flow, timeouts, warn
+                    origin, identity, pin, explicit, new, flow, timeouts, level
                 )
             except _MAPPED as exc:
                 raise _map_error(exc, request) from exc
@@ -262,7 +262,7 @@ class ExTransport(httpx.AsyncBaseTransport):
                     # pinned request that connection is gone, as if closed before we chose it.
                     if explicit:
                         logger.log(
-                            logging.WARNING if warn else logging.DEBUG,
+                            level,
                             "conn_id %s was requested but it was closed by the server; "
                             "sending on another connection",
                             conn.conn_id,
