@@ -9,6 +9,8 @@ log audit (10) are in ``test_auth_realservers_load.py``.
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 import typing
 from collections import Counter
 from pathlib import Path
@@ -200,11 +202,45 @@ async def test_negotiate_asks_the_kdc_once_when_kerberos_cannot_work(
         )
     assert fresh.headers["X-GSS-Mech"] == "NTLM/NTLM"
     assert sum(tried_kerberos) == 1
-    # Only for that SPN, and only for a while: then Kerberos is tried again.
+    # Only for that SPN, and only for a while: then the KDC is asked again, by one check in
+    # the background; handshakes meanwhile go on with NTLM, none waits for the KDC.
     assert not auth._credential.kerberos_known_unusable(_spnego.Target("HTTP", "other.test"))
-    monkeypatch.setattr(_spnego, "KERBEROS_RETRY_SECONDS", -1)
+    auth._credential._verdicts.no_kerberos[str(target)] = time.monotonic() - 1  # a minute on
+    auth._handshaken.clear()
+    auth._fast.clear()
+    async with ExClient() as client:
+        meanwhile = await client.get(apache.urls["negotiate_cb"], auth=auth)
+    for thread in threading.enumerate():
+        if thread.name.startswith("httpx-extensions Kerberos check"):
+            thread.join(30)
+    assert meanwhile.headers["X-GSS-Mech"] == "NTLM/NTLM"
+    assert meanwhile.extensions["auth_mechanism"] == "ntlm"
+    assert sum(tried_kerberos) == 2  # the check's own Kerberos context, no handshake's
+    assert auth._credential.kerberos_known_unusable(target)  # still none: another minute
+
+
+@pytest.mark.anyio
+async def test_negotiate_picks_kerberos_up_again_when_a_check_finds_it_works(
+    kdc: Kdc, apache: Apache
+) -> None:
+    """NegotiateAuth('bob@EXAMPLE.TEST', password) whose Kerberos was found unusable a minute
+    ago (the KDC was down, say): the background check gets a ticket from the real KDC, and
+    the next handshake uses Kerberos again."""
+    from httpx_extensions import _spnego
+
+    auth = NegotiateAuth(kdc.principal("bob"), kdc.users["bob"])
+    target = _spnego.Target("HTTP", httpx.URL(apache.urls["negotiate_cb"]).host)
     auth._credential.note_kerberos(target, usable=False)
-    assert not auth._credential.kerberos_known_unusable(target)
+    auth._credential._verdicts.no_kerberos[str(target)] = time.monotonic() - 1
+    assert auth._credential.kerberos_known_unusable(target)  # starts the check
+    for thread in threading.enumerate():
+        if thread.name.startswith("httpx-extensions Kerberos check"):
+            thread.join(30)
+    assert auth._credential.kerberos_known_usable(target)
+    async with ExClient() as client:
+        response = await client.get(apache.urls["negotiate_cb"], auth=auth)
+    assert response.headers["X-Remote-User"] == "bob@EXAMPLE.TEST"
+    assert response.extensions["auth_mechanism"] == "kerberos"
 
 
 @pytest.mark.anyio

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import pathlib
 import subprocess
+import threading
 import time
 import typing
 
@@ -18,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from httpx_extensions import _spnego
 from httpx_extensions._exceptions import (
     AuthenticationError,
     HandshakeError,
@@ -393,3 +395,65 @@ def test_kerberos_verdicts_of_a_long_lived_credential_survive_eviction() -> None
         Credential(f"EXAMPLE\\user{i}", "pw")
     old.note_kerberos(target, usable=False)
     assert Credential("EXAMPLE\\alice", "pw").kerberos_known_unusable(target)
+
+
+def _checks() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("httpx-extensions Kerberos")]
+
+
+def test_an_old_kerberos_verdict_is_checked_again_in_the_background(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A minute after Kerberos was found unusable, the first caller extends the verdict and
+    starts one background check; no caller waits for the KDC (handshakes go on with NTLM).
+    What the check finds is recorded for every Credential of that user and password."""
+    target = Target("HTTP", "recheck.test")
+    credential = Credential("EXAMPLE\\carol", "pw")
+    started, release = threading.Event(), threading.Event()
+    calls: list[Target] = []
+
+    def check(self: Credential, checked: Target) -> None:
+        calls.append(checked)
+        started.set()
+        release.wait(10)
+        self.note_kerberos(checked, usable=True)
+
+    monkeypatch.setattr(Credential, "_recheck_kerberos", check)
+    credential.note_kerberos(target, usable=False)
+    assert credential.kerberos_known_unusable(target)
+    assert not calls  # a fresh verdict: nothing to check
+    credential._verdicts.no_kerberos[str(target)] = time.monotonic() - 1  # a minute later
+    begin = time.monotonic()
+    assert credential.kerberos_known_unusable(target)  # still NTLM, at once
+    assert started.wait(10)
+    assert Credential("EXAMPLE\\carol", "pw").kerberos_known_unusable(target)
+    until = credential.kerberos_unusable_until(target)
+    assert until is not None and until > begin + _spnego.KERBEROS_RETRY_SECONDS - 5
+    assert calls == [target]  # one check, however many callers
+    release.set()
+    for thread in _checks():
+        thread.join(10)
+    assert Credential("EXAMPLE\\carol", "pw").kerberos_known_usable(target)
+    assert not credential.kerberos_known_unusable(target)
+
+
+def test_a_failed_kerberos_check_keeps_ntlm_for_another_while(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The real check: realm EXAMPLE has no KDC, so the check fails and Negotiate keeps to
+    NTLM for another KERBEROS_RETRY_SECONDS; its DEBUG record says so and shows no secret."""
+    target = Target("HTTP", "recheck-fails.test")
+    credential = Credential("EXAMPLE\\dave", "s3cret-Pa55")
+    credential.note_kerberos(target, usable=False)
+    credential._verdicts.no_kerberos[str(target)] = time.monotonic() - 1
+    with caplog.at_level(logging.DEBUG, logger="httpx_extensions"):
+        begin = time.monotonic()
+        assert credential.kerberos_known_unusable(target)
+        for thread in _checks():
+            thread.join(30)
+    until = credential.kerberos_unusable_until(target)
+    assert until is not None and until >= begin + _spnego.KERBEROS_RETRY_SECONDS
+    assert not credential.kerberos_known_usable(target)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("Kerberos still unusable for HTTP@recheck-fails.test" in m for m in messages)
+    assert not any("s3cret" in m for m in messages)

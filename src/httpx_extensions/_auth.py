@@ -335,10 +335,12 @@ class NegotiateAuth(_SpnegoAuth):
     With a password, when Kerberos cannot work for a host (no KDC for the realm, unknown
     principal or SPN), one handshake finds out and, for the next 60 seconds, handshakes with
     that host go straight to NTLM (raw NTLMSSP tokens, as Windows falls back to, in the
-    ``NTLM`` scheme when the server offers it; else inside SPNEGO); then Kerberos is tried
-    again. What was found out is shared by every auth object with the same user and
-    password. Use ``user@REALM`` for a Kerberos login; ``DOMAIN\\user`` names an NTLM
-    domain, which is rarely also a Kerberos realm.
+    ``NTLM`` scheme when the server offers it; else inside SPNEGO). Then one check in a
+    background thread asks the KDC again while handshakes go on with NTLM (none waits for
+    a slow or unreachable KDC); once it finds Kerberos works, handshakes use it. What was
+    found out is shared by every auth object with the same user and password. Use
+    ``user@REALM`` for a Kerberos login; ``DOMAIN\\user`` names an NTLM domain, which is
+    rarely also a Kerberos realm.
     """
 
     _kind = "negotiate"

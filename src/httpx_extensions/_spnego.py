@@ -244,9 +244,59 @@ class Credential:
 
     def kerberos_unusable_until(self, target: Target) -> float | None:
         """When :meth:`kerberos_known_unusable` ends for ``target`` (``time.monotonic``), or
-        ``None`` if it is not so now."""
-        until = self._verdicts.no_kerberos.get(str(target))
-        return until if until is not None and time.monotonic() < until else None
+        ``None`` if it is not so now.
+
+        Once Kerberos was found unusable for ``target``, it stays so until a check says
+        otherwise: when the verdict is :data:`KERBEROS_RETRY_SECONDS` old, the first caller
+        extends it and starts one background check (:meth:`_recheck_kerberos`). Handshakes go
+        on with NTLM meanwhile instead of waiting for the KDC (or DNS) on the event loop's
+        time, which with an unreachable KDC would stall every new connection for seconds
+        once a minute.
+        """
+        verdicts = self._verdicts
+        until = verdicts.no_kerberos.get(str(target))
+        if until is None or time.monotonic() < until:
+            return until
+        return self._recheck_later(target, verdicts)
+
+    def _recheck_later(self, target: Target, verdicts: _KerberosVerdicts) -> float | None:
+        spn = str(target)
+        with verdicts.lock:
+            until = verdicts.no_kerberos.get(spn)
+            now = time.monotonic()
+            if until is None or now < until:  # found usable, or another caller extended it
+                return until
+            until = verdicts.no_kerberos[spn] = now + max(KERBEROS_RETRY_SECONDS, 1)
+        threading.Thread(
+            target=self._recheck_kerberos,
+            args=(target,),
+            name=f"httpx-extensions Kerberos check for {spn}",
+            daemon=True,
+        ).start()
+        return until
+
+    def _recheck_kerberos(self, target: Target) -> None:
+        """Ask the KDC again (in its own thread) whether Kerberos works for ``target`` with
+        this password: the first step of a Kerberos context (a TGT, then a ticket for the
+        SPN), its token thrown away. The verdict is recorded for the next handshakes."""
+        try:
+            context = spnego.client(
+                self.for_spnego("kerberos"),
+                hostname=target.host,
+                service=target.service,
+                protocol="kerberos",
+            )
+            context.step()
+        except Exception as exc:
+            logger.debug(
+                "Kerberos still unusable for %s with these credentials (%s); NTLM for the "
+                "next %d s",
+                target, _summary(exc), KERBEROS_RETRY_SECONDS,
+            )  # fmt: skip
+            self.note_kerberos(target, usable=False)
+        else:
+            logger.debug("Kerberos works again for %s; Negotiate uses it from now on", target)
+            self.note_kerberos(target, usable=True)
 
     def probe_lock(self, target: Target) -> threading.Lock:
         """The lock of the one handshake finding out whether Kerberos works for ``target``."""
