@@ -79,3 +79,30 @@ def test_auth_phases_runs_against_the_embedded_server() -> None:
     assert "extra phase 1 ms" in proc.stdout
     rows = [line.split()[0] for line in proc.stdout.splitlines()[-3:]]
     assert rows == ["anon", "negotiate", "ntlm"]
+
+
+@pytest.mark.timeout(120)
+def test_auth_bench_runs_its_target_columns_in_pairs() -> None:
+    """bench/auth.py against the embedded server: the two columns of the 90 % target run
+    --pairs times a round, back to back in alternating order, and the per-pair ratios are
+    printed; the figures themselves are not checked."""
+    proc = subprocess.run(
+        [
+            sys.executable, str(ROOT / "bench" / "auth.py"), "--server", "embedded",
+            "--requests", "200", "--concurrency", "10", "--rounds", "2", "--pairs", "2",
+            "--only", "ExClient anon", "ExClient+NegotiateAuth",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    timed = [line.split()[2] for line in proc.stdout.splitlines() if line.startswith("round ")]
+    anon, ours = "ExClient", "ExClient+NegotiateAuth"
+    # Each round, at the baseline's turn: anon ours | ours anon.
+    assert timed == [anon, ours, ours, anon, anon, ours, ours, anon], proc.stdout
+    assert "2 back-to-back pairs a round" in proc.stdout
+    pairs = next(line for line in proc.stdout.splitlines() if "per pair:" in line)
+    assert pairs.count("%") == 4 + 1, pairs  # four pairs and their median
+    assert "0 failures in every run" in proc.stdout
