@@ -25,7 +25,8 @@ What it does, in one process run:
   ``Authorization`` and were answered 200; AuthServer: its counter);
 * rounds are interleaved (each round runs every column once, order rotated); medians.
   The two columns of the 90 % target run ``--pairs`` times a round, back to back and in
-  alternating order (anon then ours, ours then anon, ...): on a shared 2-core machine a
+  alternating order (anon ours, ours anon, anon ours, ...; the next round starts with
+  ours), so neither column is favoured by going first: on a shared 2-core machine a
   single run of either drifts by several per cent, and so do the minutes between two
   rounds; their medians are then taken over rounds x pairs runs each. The per-pair ratios
   are printed too (the spread behind the check).
@@ -389,8 +390,8 @@ def main() -> None:
         help="real KDC + Apache as root (default), or the embedded AuthServer",
     )  # fmt: skip
     parser.add_argument(
-        "--pairs", type=int, default=3,
-        help=f"back-to-back runs of {BASELINE!r} and {OURS!r} per round (3)",
+        "--pairs", type=int, default=4,
+        help=f"back-to-back runs of {BASELINE!r} and {OURS!r} per round (4)",
     )  # fmt: skip
     parser.add_argument("--only", nargs="*", help="column names to run (default: all)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 500 GETs, 1 round")
@@ -411,11 +412,15 @@ def main() -> None:
                 if paired and name == OURS:
                     continue  # run with the baseline, in pairs
                 batch: list[str] = [name]
-                if paired and name == BASELINE:  # anon ours, ours anon, anon ours, ...
+                if paired and name == BASELINE:
+                    # ABBA...: each column first in as many pairs as the other, and the
+                    # column that opens the block (just after another column) alternates
+                    # from round to round.
+                    ab = (BASELINE, OURS) if r % 2 == 0 else (OURS, BASELINE)
                     batch = [
                         column
                         for k in range(max(args.pairs, 1))
-                        for column in ((BASELINE, OURS) if k % 2 == 0 else (OURS, BASELINE))
+                        for column in (ab if k % 2 == 0 else ab[::-1])
                     ]
                 for column in batch:
                     run = measure(column, runners[column], target, args.requests)

@@ -51,7 +51,10 @@ class _Handler(socketserver.StreamRequestHandler):
             if length:
                 self.rfile.read(length)
             index += 1
-            method, target, _ = line.decode("latin-1").split(" ", 2)
+            parts = line.decode("latin-1").split(" ", 2)
+            if len(parts) != 3:  # not HTTP (a TLS ClientHello, say): hang up, as servers do
+                return
+            method, target, _ = parts
             url = urllib.parse.urlsplit(target)
             query = dict(urllib.parse.parse_qsl(url.query))
             self.server.requests += 1

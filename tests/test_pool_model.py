@@ -59,7 +59,9 @@ ops = st.lists(
 async def _scenario(program: list[Op]) -> None:
     streams: dict[str, FakeStream] = {}
 
-    async def opener(conn_id: str, origin: Origin, timeout: float | None) -> Connection:
+    async def opener(
+        conn_id: str, origin: Origin, timeout: float | None, sni: str | None = None
+    ) -> Connection:
         await anyio.sleep(0)  # connecting takes a turn of the loop
         streams[conn_id] = FakeStream()
         return Connection(conn_id, origin, streams[conn_id])
@@ -159,7 +161,9 @@ def test_pool_model(backend: str, program: list[Op]) -> None:
     anyio.run(_scenario, program, backend=backend)
 
 
-async def _fake_opener(conn_id: str, origin: Origin, timeout: float | None) -> Connection:
+async def _fake_opener(
+    conn_id: str, origin: Origin, timeout: float | None, sni: str | None = None
+) -> Connection:
     await anyio.sleep(0)
     return Connection(conn_id, origin, FakeStream())
 

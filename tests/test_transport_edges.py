@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import socketserver
+import ssl
 import tempfile
 import threading
 import typing
@@ -13,6 +14,7 @@ import typing
 import anyio
 import httpx
 import pytest
+import trustme
 
 from httpx_extensions import ExClient, ExTransport, HTTP2NotSupportedError
 from tests._portserver import PortServer
@@ -301,3 +303,62 @@ async def test_request_event_cache_skips_credentials(port_server: PortServer) ->
         _connection._request_event(b"GET", b"/%d" % n, [(b"Host", b"h")])
     assert len(_connection._request_events) == 256
     assert (b"GET", b"/299", ((b"Host", b"h"),)) in _connection._request_events
+
+
+class _SniServer:
+    """An HTTPS server on 127.0.0.1 whose certificate names ``sni.test`` only; it records the
+    server name (SNI) each TLS handshake asked for."""
+
+    def __init__(self, ca: typing.Any) -> None:
+        self.names: list[str | None] = []
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("sni.test").configure_cert(context)
+        names = self.names
+
+        def record(sock: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
+            names.append(name)
+
+        context.sni_callback = record  # type: ignore[assignment]
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                try:
+                    with context.wrap_socket(self.request, server_side=True) as tls:
+                        data = b""
+                        while b"\r\n\r\n" not in data:
+                            chunk = tls.recv(65536)
+                            if not chunk:
+                                return
+                            data += chunk
+                        tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                except (OSError, ssl.SSLError):
+                    names.append("<handshake failed>")
+
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"https://127.0.0.1:{self._server.server_address[1]}/"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+async def test_sni_hostname_extension_names_the_tls_server() -> None:
+    """``extensions={"sni_hostname": ...}`` (httpx/httpcore's) sets the TLS server name of the
+    connection opened for the request, and the certificate is checked against that name: a
+    server reached by IP whose certificate names a host. Without it, the IP is checked, and
+    fails, as in httpx."""
+    ca = trustme.CA()
+    server = _SniServer(ca)
+    verify = ssl.create_default_context()
+    ca.configure_trust(verify)
+    try:
+        async with ExClient(verify=verify, timeout=5.0) as client:
+            response = await client.get(server.url, extensions={"sni_hostname": "sni.test"})
+            assert response.status_code == 200 and response.text == "ok"
+            assert server.names == ["sni.test"]
+            with pytest.raises(httpx.ConnectError, match="certificate"):
+                await client.get(server.url, extensions={"new_connection": True})
+    finally:
+        server.close()

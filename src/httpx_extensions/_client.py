@@ -55,7 +55,8 @@ class ExClient(httpx.AsyncClient):
     * every response from its own pool carries ``response.extensions["conn_id"]``;
     * ``request.extensions["conn_id"]`` sends a request on that connection;
     * the legs of one ``send()`` (auth, redirects) stay on one reserved connection;
-    * ``http2=True`` is refused.
+    * ``http2=True`` is refused;
+    * the ``trace`` request extension is not called (``sni_hostname`` and ``timeout`` work).
 
     A ``transport=`` or ``mounts=`` you give is used as given (its responses have no
     ``conn_id`` unless it is an :class:`ExTransport`).

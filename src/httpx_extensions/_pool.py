@@ -72,7 +72,11 @@ _CONN_IDS = itertools.count(1)  # process-wide: a conn_id is never reused
 _STATE_NAMES = ("connecting", "active", "reserved", "idle", "closed")
 
 Key = tuple[Origin, typing.Hashable]
-Opener = typing.Callable[[str, Origin, typing.Union[float, None]], typing.Awaitable[Connection]]
+#: Opens a connection: ``(conn_id, origin, connect timeout, TLS server name or None)``.
+Opener = typing.Callable[
+    [str, Origin, typing.Union[float, None], typing.Union[str, None]],
+    typing.Awaitable[Connection],
+]
 
 
 class Flow:
@@ -203,11 +207,14 @@ class Pool:
         flow: Flow | None,
         timeouts: typing.Mapping[str, float | None],
         level: int = logging.WARNING,
+        sni: str | None = None,
     ) -> tuple[Connection, bool]:
         """Get a connection for one request; return it and whether it already had this tag.
 
         ``level``: how an explicit pin that is gone is logged (DEBUG for an auth flow's own
-        legs, where the caller asked for no connection).
+        legs, where the caller asked for no connection). ``sni``: the TLS server name for a
+        connection opened for this request (httpx's ``sni_hostname``; as in httpcore, an
+        idle connection of the origin is reused whatever name it was opened with).
 
         Raises:
             httpcore.PoolTimeout: no connection within the pool timeout; raise the pool
@@ -240,7 +247,7 @@ class Pool:
                 pin = None
                 continue
             if isinstance(result, Slot):
-                conn = await self._open_slot(origin, timeouts.get("connect"))
+                conn = await self._open_slot(origin, timeouts.get("connect"), sni)
             else:
                 conn = result
             break
@@ -363,10 +370,12 @@ class Pool:
             self._connecting -= 1
             self._grant_capacity()
 
-    async def _open_slot(self, origin: Origin, timeout: float | None) -> Connection:
+    async def _open_slot(
+        self, origin: Origin, timeout: float | None, sni: str | None = None
+    ) -> Connection:
         conn_id = f"conn-{next(_CONN_IDS)}"
         try:
-            conn = await self._open(conn_id, origin, timeout)
+            conn = await self._open(conn_id, origin, timeout, sni)
         except BaseException:
             self._connecting -= 1
             self._grant_capacity()

@@ -210,6 +210,7 @@ class ExTransport(httpx.AsyncBaseTransport):
             if flow.reserved.origin == origin:
                 pin = flow.reserved.conn_id
         identity = ext.get("identity")
+        sni = ext.get("sni_hostname") if scheme == b"https" else None
         pool = self._get_pool()
         body: bytes | typing.AsyncIterable[bytes] | None = None
         stream = request.stream
@@ -225,7 +226,7 @@ class ExTransport(httpx.AsyncBaseTransport):
         while True:
             try:
                 conn, tagged = await pool.acquire(
-                    origin, identity, pin, explicit, new, flow, timeouts, level
+                    origin, identity, pin, explicit, new, flow, timeouts, level, sni
                 )
             except _MAPPED as exc:
                 raise _map_error(exc, request) from exc
@@ -321,8 +322,11 @@ class ExTransport(httpx.AsyncBaseTransport):
                     raise
                 await self._backend.sleep(delays.pop(0))
 
-    async def _open(self, conn_id: str, origin: Origin, timeout: float | None) -> Connection:
+    async def _open(
+        self, conn_id: str, origin: Origin, timeout: float | None, sni: str | None = None
+    ) -> Connection:
         scheme, raw_host, port = origin
+        server_name = sni or raw_host.decode("ascii")  # httpx's sni_hostname extension
         proxy = self._proxy
         if proxy is not None:
             purl = proxy.url
@@ -335,7 +339,7 @@ class ExTransport(httpx.AsyncBaseTransport):
         else:
             stream = await self._connect(raw_host.decode("ascii"), port, timeout)
         if scheme == b"https":
-            stream = await stream.start_tls(self._ssl_context, raw_host.decode("ascii"), timeout)
+            stream = await stream.start_tls(self._ssl_context, server_name, timeout)
         conn = Connection(conn_id, origin, stream)
         if isinstance(stream, AsyncioStream):
             pool = self._pool
