@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +107,30 @@ def test_auth_bench_runs_its_target_columns_in_pairs() -> None:
     pairs = next(line for line in proc.stdout.splitlines() if "per pair:" in line)
     assert pairs.count("%") == 4 + 1, pairs  # four pairs and their median
     assert "0 failures in every run" in proc.stdout
+
+
+@pytest.mark.timeout(600)
+def test_auth_instructions_counts_each_column_under_callgrind() -> None:
+    """bench/auth_instructions.py runs each column's client under callgrind against the
+    embedded server and prints instructions per request and the anonymous share; the
+    figures themselves are not checked."""
+    if shutil.which("valgrind") is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("valgrind not found; CI=true requires this test (scripts/install-servers)")
+        pytest.skip("valgrind not found: apt-get install valgrind")
+    proc = subprocess.run(
+        [
+            sys.executable, str(ROOT / "bench" / "auth_instructions.py"),
+            "--server", "embedded", "--requests", "20", "--warmup", "10",
+            "--concurrency", "5", "--columns", "anon", "ntlm",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=580,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split() for line in proc.stdout.splitlines()[-2:]]
+    assert [row[0] for row in rows] == ["anon", "ntlm"], proc.stdout
+    assert rows[0][2] == "100.0%" and rows[1][2].endswith("%"), proc.stdout
+    assert all(int(row[1].replace(",", "")) > 0 for row in rows), proc.stdout
