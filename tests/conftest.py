@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import threading
 import typing
 
 import anyio
@@ -43,9 +44,18 @@ def _fresh_kerberos_verdicts() -> typing.Iterator[None]:
     each test starts knowing nothing, as a new process would."""
     from httpx_extensions._spnego import _KerberosVerdicts
 
-    _KerberosVerdicts._shared.clear()
+    def forget() -> None:
+        # A background Kerberos check still running would record its verdict into the
+        # next test's registry: let it finish first.
+        for thread in threading.enumerate():
+            if thread.name.startswith("httpx-extensions Kerberos check"):
+                thread.join(30)
+        with _KerberosVerdicts._shared_lock:
+            _KerberosVerdicts._shared.clear()
+
+    forget()
     yield
-    _KerberosVerdicts._shared.clear()
+    forget()
 
 
 @pytest.fixture

@@ -955,7 +955,7 @@ async def test_scout_waiters_give_up_waiting_after_a_while(
 async def test_fast_path_hands_over_to_the_whole_flow_when_it_must() -> None:
     """After a handshake, requests take the fast path; it hands over to the whole flow for
     a one-shot body it must not send twice, and when Negotiate's 'Kerberos unusable' verdict
-    expires (Kerberos is then tried again)."""
+    expires or a check finds Kerberos works (Kerberos is then tried again)."""
     import time
 
     from httpx_extensions import ExClient
@@ -983,6 +983,13 @@ async def test_fast_path_hands_over_to_the_whole_flow_when_it_must() -> None:
                 return
             ((origin, fast),) = negotiate._fast.items()
             negotiate._fast[origin] = fast._replace(until=time.monotonic() - 1)
+            response = await client.get(server.url + "/", auth=negotiate)
+            assert response.status_code == 200 and origin not in negotiate._fast
+            # A check (or another auth object) found Kerberos works: the fast path, which
+            # would start NTLM on new connections until its `until`, hands over at once.
+            await client.get(server.url + "/", auth=negotiate)
+            ((origin, fast),) = negotiate._fast.items()
+            negotiate._credential.note_kerberos(fast.target, usable=True)
             response = await client.get(server.url + "/", auth=negotiate)
             assert response.status_code == 200 and origin not in negotiate._fast
 

@@ -401,6 +401,12 @@ def _checks() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("httpx-extensions Kerberos")]
 
 
+def _join_checks() -> None:
+    for thread in _checks():
+        thread.join(30)
+    assert not _checks(), "a background Kerberos check did not finish"
+
+
 def test_an_old_kerberos_verdict_is_checked_again_in_the_background(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -410,49 +416,87 @@ def test_an_old_kerberos_verdict_is_checked_again_in_the_background(
     target = Target("HTTP", "recheck.test")
     credential = Credential("EXAMPLE\\carol", "pw")
     started, release = threading.Event(), threading.Event()
-    calls: list[Target] = []
+    calls: list[str] = []
 
-    def check(self: Credential, checked: Target) -> None:
-        calls.append(checked)
-        started.set()
-        release.wait(10)
-        self.note_kerberos(checked, usable=True)
+    class _KerberosContext:  # what the check asks of pyspnego: a first Kerberos token
+        def step(self) -> bytes:
+            started.set()
+            release.wait(10)
+            return b"AP-REQ"
 
-    monkeypatch.setattr(Credential, "_recheck_kerberos", check)
-    credential.note_kerberos(target, usable=False)
-    assert credential.kerberos_known_unusable(target)
-    assert not calls  # a fresh verdict: nothing to check
-    credential._verdicts.no_kerberos[str(target)] = time.monotonic() - 1  # a minute later
-    begin = time.monotonic()
-    assert credential.kerberos_known_unusable(target)  # still NTLM, at once
-    assert started.wait(10)
-    assert Credential("EXAMPLE\\carol", "pw").kerberos_known_unusable(target)
-    until = credential.kerberos_unusable_until(target)
-    assert until is not None and until > begin + _spnego.KERBEROS_RETRY_SECONDS - 5
-    assert calls == [target]  # one check, however many callers
-    release.set()
-    for thread in _checks():
-        thread.join(10)
+    def client(credentials: typing.Any, **kwargs: typing.Any) -> _KerberosContext:
+        assert kwargs["protocol"] == "kerberos"
+        calls.append(f"{kwargs['service']}@{kwargs['hostname']}")
+        return _KerberosContext()
+
+    monkeypatch.setattr(_spnego.spnego, "client", client)
+    try:
+        credential.note_kerberos(target, usable=False)
+        assert credential.kerberos_known_unusable(target)
+        assert not calls  # a fresh verdict: nothing to check
+        credential._verdicts.no_kerberos[str(target)] = time.monotonic() - 1  # a minute on
+        begin = time.monotonic()
+        barrier = threading.Barrier(8)
+        answers: list[bool] = []
+
+        def caller() -> None:
+            barrier.wait(5)
+            answers.append(Credential("EXAMPLE\\carol", "pw").kerberos_known_unusable(target))
+
+        callers = [threading.Thread(target=caller) for _ in range(8)]
+        for thread in callers:
+            thread.start()
+        for thread in callers:
+            thread.join(10)
+        assert answers == [True] * 8  # still NTLM, at once, for every caller
+        assert started.wait(10)
+        until = credential.kerberos_unusable_until(target)
+        assert until is not None and until > begin + _spnego.KERBEROS_RETRY_SECONDS - 5
+        assert calls == [str(target)]  # one check, however many callers at once
+    finally:
+        release.set()
+        _join_checks()
     assert Credential("EXAMPLE\\carol", "pw").kerberos_known_usable(target)
     assert not credential.kerberos_known_unusable(target)
+    assert not credential.kerberos_verdicts().checking
+
+
+def test_a_stale_kerberos_verdict_is_dropped_not_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A verdict nobody asked about for twice the retry time (an idle client) is forgotten:
+    the next handshake finds out itself, in-band, as the first one did (a server that takes
+    Kerberos only must not be sent NTLM after a quiet spell); no check is started."""
+    monkeypatch.setattr(Credential, "_recheck_kerberos", lambda *args: pytest.fail("checked"))
+    target = Target("HTTP", "stale.test")
+    credential = Credential("EXAMPLE\\erin", "pw")
+    credential.note_kerberos(target, usable=False)
+    stale = time.monotonic() - _spnego.KERBEROS_RETRY_SECONDS - 1
+    credential._verdicts.no_kerberos[str(target)] = stale
+    assert not credential.kerberos_known_unusable(target)
+    assert str(target) not in credential._verdicts.no_kerberos
+    assert not _checks()
 
 
 def test_a_failed_kerberos_check_keeps_ntlm_for_another_while(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The real check: realm EXAMPLE has no KDC, so the check fails and Negotiate keeps to
-    NTLM for another KERBEROS_RETRY_SECONDS; its DEBUG record says so and shows no secret."""
+    NTLM for another KERBEROS_RETRY_SECONDS from the check's end; its DEBUG record says so
+    and no record (ours or pyspnego's) shows the password."""
+    config = tmp_path / "krb5.conf"
+    config.write_text("[libdefaults]\n dns_lookup_kdc = false\n dns_lookup_realm = false\n")
+    monkeypatch.setenv("KRB5_CONFIG", str(config))
     target = Target("HTTP", "recheck-fails.test")
     credential = Credential("EXAMPLE\\dave", "s3cret-Pa55")
     credential.note_kerberos(target, usable=False)
     credential._verdicts.no_kerberos[str(target)] = time.monotonic() - 1
-    with caplog.at_level(logging.DEBUG, logger="httpx_extensions"):
-        begin = time.monotonic()
+    with caplog.at_level(logging.DEBUG):
         assert credential.kerberos_known_unusable(target)
-        for thread in _checks():
-            thread.join(30)
+        extended = credential.kerberos_unusable_until(target)
+        time.sleep(0.01)
+        _join_checks()
     until = credential.kerberos_unusable_until(target)
-    assert until is not None and until >= begin + _spnego.KERBEROS_RETRY_SECONDS
+    assert extended is not None and until is not None
+    assert until > extended  # the failed check recorded its own, later verdict
     assert not credential.kerberos_known_usable(target)
     messages = [r.getMessage() for r in caplog.records]
     assert any("Kerberos still unusable for HTTP@recheck-fails.test" in m for m in messages)

@@ -235,9 +235,11 @@ class FlowMixin:
             fast = self._fast_entry(origin)
             if fast is None:
                 return None
-        target, identity, choice, until, hook = fast
-        if until is not None and time.monotonic() >= until:
-            del self._fast[origin]  # Negotiate: time to try Kerberos again (the whole flow)
+        target, identity, choice, until, hook, verdicts, revision = fast
+        if until is not None and (time.monotonic() >= until or verdicts.revision != revision):
+            # Negotiate: time to ask about Kerberos again, or it was found to work (by a
+            # background check): the whole flow, which decides afresh.
+            del self._fast[origin]
             return None
         if not isinstance(request.stream, httpx.ByteStream):
             return None
@@ -268,7 +270,10 @@ class FlowMixin:
         found = self._preflight_choice(origin, target)
         if found is None:
             return None
-        fast = _Fast(target, identity, found[0], found[1], _OriginHook(self, found[0], target))
+        choice, until, verdicts, revision = found
+        fast = _Fast(
+            target, identity, choice, until, _OriginHook(self, choice, target), verdicts, revision
+        )
         if len(self._fast) >= _CACHE_SIZE:
             self._fast.clear()
         self._fast[origin] = fast
@@ -608,18 +613,21 @@ class FlowMixin:
 
     def _preflight_choice(
         self, origin: _Origin, target: Target
-    ) -> tuple[tuple[str, str], float | None] | None:
+    ) -> tuple[tuple[str, str], float | None, Any, int] | None:
         """What a first-token hook sends to ``origin`` (header scheme, pyspnego protocol) and,
-        for Negotiate, until when (``time.monotonic``): only while Kerberos is known not to
-        work for ``target`` (afterwards Negotiate tries Kerberos again, which may work now).
+        for Negotiate, until when (``time.monotonic``) and while which revision of the
+        Kerberos verdicts lasts: only while Kerberos is known not to work for ``target``
+        (afterwards, or once a check finds it works, Negotiate tries Kerberos again).
         ``None``: no hook (no connection-bound NTLM handshake with this origin yet)."""
         known = self._handshaken.get(origin)
         if known is None:
             return None
         if self._kind == "negotiate" and KERBEROS_AVAILABLE:
+            verdicts = self._credential.kerberos_verdicts()
+            revision = verdicts.revision  # read first: a change after it is seen next time
             until = self._credential.kerberos_unusable_until(target)
-            return None if until is None else (known, until)
-        return known, None
+            return None if until is None else (known, until, verdicts, revision)
+        return known, None, None, 0
 
     def _may_scout(self, origin: _Origin) -> bool:
         """Whether flows to ``origin`` should wait for a first one (see :class:`_Scout`)."""
@@ -676,6 +684,8 @@ class _Fast(NamedTuple):
     choice: tuple[str, str]  # what the preflight sends: (header scheme, pyspnego protocol)
     until: float | None  # Negotiate: when Kerberos is to be tried again
     hook: _OriginHook  # the first-token hook shared by the fast path's requests
+    verdicts: Any  # Negotiate: the credential's Kerberos verdicts (their ``revision``)...
+    revision: int  # ...when this entry was made: a change means Kerberos was found to work
 
 
 #: What a flow knows before its first leg (see ``FlowMixin._steady_start``): target,

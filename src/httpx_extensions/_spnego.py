@@ -21,7 +21,8 @@ Theory of operation:
    DEBUG log of a whole run holds no token (:class:`_RedactTokens`).
 
 This module does no I/O of its own except :func:`canonicalize` (blocking DNS: call it off
-the event loop) and knows nothing of HTTP, headers or connections.
+the event loop) and the background Kerberos check of :meth:`Credential.kerberos_unusable_until`
+(its own daemon thread); it knows nothing of HTTP, headers or connections.
 """
 
 from __future__ import annotations
@@ -72,7 +73,9 @@ KERBEROS_AVAILABLE: bool = sys.platform == "win32" or (
 )
 _FINGERPRINT_KEY = os.urandom(32)
 #: After Kerberos failed for a password and SPN (no KDC for the realm, unknown principal or
-#: SPN), Negotiate skips it for this long, then tries again (the KDC may be back).
+#: SPN), Negotiate skips it for this long, then asks the KDC again (it may be back): in a
+#: background check while the verdict is fresh, by the next handshake once it is stale
+#: (see :meth:`Credential.kerberos_unusable_until`).
 KERBEROS_RETRY_SECONDS = 60
 
 logger = logging.getLogger("httpx_extensions.auth")
@@ -116,7 +119,7 @@ class _KerberosVerdicts:
     """What Negotiate found out about Kerberos for one user and password, per SPN: no
     secret, only SPNs and times. Shared process-wide (bounded) by fingerprint."""
 
-    __slots__ = ("kerberos_ok", "lock", "no_kerberos", "probe_locks")
+    __slots__ = ("checking", "kerberos_ok", "lock", "no_kerberos", "probe_locks", "revision")
 
     _shared: ClassVar[OrderedDict[str, _KerberosVerdicts]] = OrderedDict()
     _shared_lock: ClassVar[threading.Lock] = threading.Lock()
@@ -128,6 +131,11 @@ class _KerberosVerdicts:
         self.kerberos_ok: set[str] = set()
         #: SPN -> lock held by the one handshake finding out whether Kerberos works there.
         self.probe_locks: dict[str, threading.Lock] = {}
+        #: SPNs whose background check (Credential._recheck_kerberos) is running.
+        self.checking: set[str] = set()
+        #: Bumped whenever an SPN is found to work with Kerberos: what was cached from an
+        #: "unusable" verdict (an auth object's fast path) is then stale.
+        self.revision = 0
 
     @classmethod
     def of(cls, fingerprint: str) -> _KerberosVerdicts:
@@ -199,6 +207,11 @@ class Credential:
         #: :attr:`_verdicts`).
         self._own_verdicts = _KerberosVerdicts() if password is None else None
 
+    def kerberos_verdicts(self) -> _KerberosVerdicts:
+        """What Negotiate found out about Kerberos for this user and password (shared);
+        its ``revision`` changes whenever an SPN is found to work with Kerberos."""
+        return self._verdicts
+
     @property
     def _verdicts(self) -> _KerberosVerdicts:
         # Shared by every Credential of this user and password: an auth object built per
@@ -239,19 +252,22 @@ class Credential:
     def kerberos_known_unusable(self, target: Target) -> bool:
         """Whether a recent Negotiate handshake for ``target`` could not use Kerberos with
         this password (no KDC for the realm, unknown principal or SPN): then Negotiate goes
-        straight to NTLM for a while instead of asking the KDC (or DNS) on every handshake."""
+        straight to NTLM for a while instead of asking the KDC (or DNS) on every handshake.
+        May start a background check: see :meth:`kerberos_unusable_until`."""
         return self.kerberos_unusable_until(target) is not None
 
     def kerberos_unusable_until(self, target: Target) -> float | None:
         """When :meth:`kerberos_known_unusable` ends for ``target`` (``time.monotonic``), or
-        ``None`` if it is not so now.
+        ``None`` if it is not so now. May start a background check (a thread asking the KDC):
 
-        Once Kerberos was found unusable for ``target``, it stays so until a check says
-        otherwise: when the verdict is :data:`KERBEROS_RETRY_SECONDS` old, the first caller
-        extends it and starts one background check (:meth:`_recheck_kerberos`). Handshakes go
-        on with NTLM meanwhile instead of waiting for the KDC (or DNS) on the event loop's
-        time, which with an unreachable KDC would stall every new connection for seconds
-        once a minute.
+        * a verdict younger than :data:`KERBEROS_RETRY_SECONDS` stands;
+        * once it is that old, the first caller extends it by as much and starts one check
+          in a daemon thread (:meth:`_recheck_kerberos`): handshakes go on with NTLM meanwhile
+          rather than all waiting for the one that asks the KDC (or DNS), which with an
+          unreachable KDC took seconds, once a minute, on a busy client;
+        * a verdict older than twice that (nobody asked for a minute: an idle client) is
+          dropped, and the next handshake finds out again itself, as the first one did, so a
+          server that takes Kerberos only is not sent NTLM after a quiet spell.
         """
         verdicts = self._verdicts
         until = verdicts.no_kerberos.get(str(target))
@@ -266,37 +282,54 @@ class Credential:
             now = time.monotonic()
             if until is None or now < until:  # found usable, or another caller extended it
                 return until
-            until = verdicts.no_kerberos[spn] = now + max(KERBEROS_RETRY_SECONDS, 1)
-        threading.Thread(
-            target=self._recheck_kerberos,
-            args=(target,),
-            name=f"httpx-extensions Kerberos check for {spn}",
-            daemon=True,
-        ).start()
+            if now >= until + KERBEROS_RETRY_SECONDS:  # stale: the next handshake asks
+                del verdicts.no_kerberos[spn]
+                return None
+            until = verdicts.no_kerberos[spn] = now + KERBEROS_RETRY_SECONDS
+            if spn in verdicts.checking:  # a check outlived the retry time: one is enough
+                return until
+            verdicts.checking.add(spn)
+        try:
+            threading.Thread(
+                target=self._recheck_kerberos,
+                args=(target, verdicts),
+                name=f"httpx-extensions Kerberos check for {spn}",
+                daemon=True,
+            ).start()
+        except RuntimeError as exc:  # no thread to be had (limits, shutdown): NTLM for now
+            logger.debug("cannot check Kerberos for %s again now: %s", target, exc)
+            with verdicts.lock:
+                verdicts.checking.discard(spn)
         return until
 
-    def _recheck_kerberos(self, target: Target) -> None:
+    def _recheck_kerberos(self, target: Target, verdicts: _KerberosVerdicts) -> None:
         """Ask the KDC again (in its own thread) whether Kerberos works for ``target`` with
         this password: the first step of a Kerberos context (a TGT, then a ticket for the
         SPN), its token thrown away. The verdict is recorded for the next handshakes."""
         try:
-            context = spnego.client(
-                self.for_spnego("kerberos"),
-                hostname=target.host,
-                service=target.service,
-                protocol="kerberos",
-            )
-            context.step()
-        except Exception as exc:
-            logger.debug(
-                "Kerberos still unusable for %s with these credentials (%s); NTLM for the "
-                "next %d s",
-                target, _summary(exc), KERBEROS_RETRY_SECONDS,
-            )  # fmt: skip
-            self.note_kerberos(target, usable=False)
-        else:
-            logger.debug("Kerberos works again for %s; Negotiate uses it from now on", target)
-            self.note_kerberos(target, usable=True)
+            try:
+                context = spnego.client(
+                    self.for_spnego("kerberos"),
+                    hostname=target.host,
+                    service=target.service,
+                    protocol="kerberos",
+                )
+                context.step()
+            except Exception as exc:
+                logger.debug(
+                    "Kerberos still unusable for %s with these credentials (%s); NTLM for "
+                    "the next %d s",
+                    target, _summary(exc), KERBEROS_RETRY_SECONDS,
+                )  # fmt: skip
+                self.note_kerberos(target, usable=False)
+            else:
+                logger.debug("Kerberos works again for %s; Negotiate uses it from now on", target)
+                self.note_kerberos(target, usable=True)
+        except Exception as exc:  # pragma: no cover - nothing above should raise
+            logger.debug("the Kerberos check for %s failed: %s", target, _summary(exc))
+        finally:
+            with verdicts.lock:
+                verdicts.checking.discard(str(target))
 
     def probe_lock(self, target: Target) -> threading.Lock:
         """The lock of the one handshake finding out whether Kerberos works for ``target``."""
@@ -326,7 +359,9 @@ class Credential:
                 verdicts.kerberos_ok.clear()
             if usable:
                 verdicts.no_kerberos.pop(spn, None)
-                verdicts.kerberos_ok.add(spn)
+                if spn not in verdicts.kerberos_ok:
+                    verdicts.kerberos_ok.add(spn)
+                    verdicts.revision += 1
             else:
                 verdicts.kerberos_ok.discard(spn)
                 verdicts.no_kerberos[spn] = time.monotonic() + KERBEROS_RETRY_SECONDS
