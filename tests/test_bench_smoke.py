@@ -62,23 +62,29 @@ def test_bench_quick_runs_and_prints_a_table(tmp_path: Path) -> None:
     assert {"runs", "medians", "targets", "environment"} <= set(data)
 
 
+def _bench(script: str, *args: str, timeout: float) -> str:
+    """Run ``bench/<script>`` with ``args``; return its stdout (it must exit 0)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
 @pytest.mark.timeout(120)
 def test_auth_phases_runs_against_the_embedded_server() -> None:
     """bench/auth_phases.py (where authenticated runs spend their extra CPU) runs and prints
     its split for each column; the figures themselves are not checked."""
-    proc = subprocess.run(
-        [
-            sys.executable, str(ROOT / "bench" / "auth_phases.py"), "--server", "embedded",
-            "--requests", "200", "--concurrency", "10", "--rounds", "1",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
+    stdout = _bench(
+        "auth_phases.py", "--server", "embedded", "--requests", "200", "--concurrency", "10",
+        "--rounds", "1", timeout=110,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "extra phase 1 ms" in proc.stdout
-    rows = [line.split()[0] for line in proc.stdout.splitlines()[-3:]]
+    assert "extra phase 1 ms" in stdout
+    rows = [line.split()[0] for line in stdout.splitlines()[-3:]]
     assert rows == ["anon", "negotiate", "ntlm"]
 
 
@@ -87,26 +93,19 @@ def test_auth_bench_runs_its_target_columns_in_pairs() -> None:
     """bench/auth.py against the embedded server: the two columns of the 90 % target run
     --pairs times a round, back to back in alternating order, and the per-pair ratios are
     printed; the figures themselves are not checked."""
-    proc = subprocess.run(
-        [
-            sys.executable, str(ROOT / "bench" / "auth.py"), "--server", "embedded",
-            "--requests", "200", "--concurrency", "10", "--rounds", "2", "--pairs", "2",
-            "--only", "ExClient anon", "ExClient+NegotiateAuth",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    stdout = _bench(
+        "auth.py", "--server", "embedded", "--requests", "200", "--concurrency", "10",
+        "--rounds", "2", "--pairs", "2", "--only", "ExClient anon", "ExClient+NegotiateAuth",
         timeout=110,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    timed = [line.split()[2] for line in proc.stdout.splitlines() if line.startswith("round ")]
+    timed = [line.split()[2] for line in stdout.splitlines() if line.startswith("round ")]
     anon, ours = "ExClient", "ExClient+NegotiateAuth"
     # At the baseline's turn, pairs in alternating order; the next round opens with ours.
-    assert timed == [anon, ours, ours, anon, ours, anon, anon, ours], proc.stdout
-    assert "2 back-to-back pairs a round" in proc.stdout
-    pairs = next(line for line in proc.stdout.splitlines() if "per pair:" in line)
+    assert timed == [anon, ours, ours, anon, ours, anon, anon, ours], stdout
+    assert "2 back-to-back pairs a round" in stdout
+    pairs = next(line for line in stdout.splitlines() if "per pair:" in line)
     assert pairs.count("%") == 4 + 1, pairs  # four pairs and their median
-    assert "0 failures in every run" in proc.stdout
+    assert "0 failures in every run" in stdout
 
 
 @pytest.mark.timeout(600)
@@ -118,19 +117,11 @@ def test_auth_instructions_counts_each_column_under_callgrind() -> None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("valgrind not found; CI=true requires this test (scripts/install-servers)")
         pytest.skip("valgrind not found: apt-get install valgrind")
-    proc = subprocess.run(
-        [
-            sys.executable, str(ROOT / "bench" / "auth_instructions.py"),
-            "--server", "embedded", "--requests", "20", "--warmup", "10",
-            "--concurrency", "5", "--columns", "anon", "ntlm",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=580,
+    stdout = _bench(
+        "auth_instructions.py", "--server", "embedded", "--requests", "20", "--warmup", "10",
+        "--concurrency", "5", "--columns", "anon", "ntlm", timeout=580,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [line.split() for line in proc.stdout.splitlines()[-2:]]
-    assert [row[0] for row in rows] == ["anon", "ntlm"], proc.stdout
-    assert rows[0][2] == "100.0%" and rows[1][2].endswith("%"), proc.stdout
-    assert all(int(row[1].replace(",", "")) > 0 for row in rows), proc.stdout
+    rows = [line.split() for line in stdout.splitlines()[-2:]]
+    assert [row[0] for row in rows] == ["anon", "ntlm"], stdout
+    assert rows[0][2] == "100.0%" and rows[1][2].endswith("%"), stdout
+    assert all(int(row[1].replace(",", "")) > 0 for row in rows), stdout
