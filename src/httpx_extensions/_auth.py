@@ -91,6 +91,9 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
         self._scouting: dict[tuple[Any, _Origin], anyio.Event] = {}
         self._by_host: dict[str, tuple[Target, AuthIdentity]] = {}
         self._fast: dict[_Origin, _Fast] = {}
+        #: The last request URL object and its origin: ExClient hands the same parsed URL to
+        #: every request to one URL string, so the fast path rarely recomputes it.
+        self._last_origin: tuple[httpx.URL | None, _Origin | None] = (None, None)
 
     def __repr__(self) -> str:
         who = self._credential.principal or "<current user>"
@@ -129,8 +132,8 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         """Run the flow for ``httpx.AsyncClient``/``ExClient``: blocking work in a thread."""
-        if self.requires_request_body:
-            await request.aread()
+        if self.requires_request_body and not isinstance(request.stream, httpx.ByteStream):
+            await request.aread()  # (an in-memory body was read when the request was built)
         steady = self._steady_start(request)
         if steady is None:
             flow = self._flow(request)

@@ -193,6 +193,7 @@ class FlowMixin:
     _handshaken: dict[_Origin, tuple[str, str]]
     _by_host: dict[str, tuple[Target, AuthIdentity]]
     _fast: dict[_Origin, _Fast]
+    _last_origin: tuple[httpx.URL | None, _Origin | None]
     _canonicalize: bool
     max_legs: int
 
@@ -229,7 +230,12 @@ class FlowMixin:
         """
         if not self._pool_aware or self._proxy is not None:
             return None
-        origin = _origin(request.url)
+        # Every request passes here: calls are inlined where they would cost a frame each.
+        url = request.url
+        last_url, origin = self._last_origin
+        if url is not last_url or origin is None:
+            origin = (url.scheme, url.host, url.port)  # _origin(url)
+            self._last_origin = (url, origin)
         fast = self._fast.get(origin)
         if fast is None:
             fast = self._fast_entry(origin)
@@ -243,7 +249,13 @@ class FlowMixin:
             return None
         if not isinstance(request.stream, httpx.ByteStream):
             return None
-        _arm(request, identity, hook)
+        ext = request.extensions
+        if "before_send" in ext:
+            _arm(request, identity, hook)
+        else:  # _arm, for the usual request that has no hook of its own
+            request.extensions = {
+                **ext, "identity": identity, "before_send": hook, _ARMED: weakref.ref(request)
+            }  # fmt: skip
         return (target, identity, origin)  # a _Steady (a tuple: the cheapest)
 
     def _steady_end(
@@ -251,13 +263,29 @@ class FlowMixin:
     ) -> bool:
         """The fast path's second half: ``True`` if the flow is done (the common case: no
         challenge); ``False``: hand ``response`` to the whole flow (``_flow(first=...)``)."""
-        self._pool_aware = "conn_id" in response.extensions
-        if _STARTED in request.extensions:
+        ext = response.extensions
+        self._pool_aware = "conn_id" in ext
+        request_ext = request.extensions
+        if _STARTED in request_ext:
             return False  # the hook started a handshake on a new connection
-        if response.status_code == 401 or not _same_origin(request, response):
+        if response.status_code == 401:
             return False
-        _disarm(request)
-        self._note_reuse(response, steady[1])
+        try:
+            answered = response.request
+        except RuntimeError:  # pragma: no cover - httpx always sets it
+            answered = request
+        if answered is not request and not _same_origin(request, response):
+            return False
+        # _disarm and _note_reuse, inlined: every request of a run passes here.
+        request_ext.pop(_ARMED, None)
+        request_ext.pop("_auth_leg_pin", None)
+        if ext.get("conn_tagged"):
+            info = _CONNS.peek((ext.get("conn_id"), steady[1]))
+            if info is not None:
+                if type(ext) is dict:
+                    ext["auth_mechanism"] = info.mechanism
+                else:  # pragma: no cover - httpx always uses a dict
+                    _set_response_ext(response, info.mechanism)
         return True
 
     def _fast_entry(self, origin: _Origin) -> _Fast | None:
