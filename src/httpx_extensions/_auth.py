@@ -93,7 +93,7 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
         self._fast: dict[_Origin, _Fast] = {}
         #: The last request URL object and its origin: ExClient hands the same parsed URL to
         #: every request to one URL string, so the fast path rarely recomputes it.
-        self._last_origin: tuple[httpx.URL | None, _Origin | None] = (None, None)
+        self._last_origin: tuple[httpx.URL | None, _Origin] = (None, ("", "", None))
 
     def __repr__(self) -> str:
         who = self._credential.principal or "<current user>"

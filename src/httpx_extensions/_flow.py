@@ -193,7 +193,7 @@ class FlowMixin:
     _handshaken: dict[_Origin, tuple[str, str]]
     _by_host: dict[str, tuple[Target, AuthIdentity]]
     _fast: dict[_Origin, _Fast]
-    _last_origin: tuple[httpx.URL | None, _Origin | None]
+    _last_origin: tuple[httpx.URL | None, _Origin]
     _canonicalize: bool
     max_legs: int
 
@@ -233,7 +233,7 @@ class FlowMixin:
         # Every request passes here: calls are inlined where they would cost a frame each.
         url = request.url
         last_url, origin = self._last_origin
-        if url is not last_url or origin is None:
+        if url is not last_url:
             origin = (url.scheme, url.host, url.port)  # _origin(url)
             self._last_origin = (url, origin)
         fast = self._fast.get(origin)
@@ -268,13 +268,7 @@ class FlowMixin:
         request_ext = request.extensions
         if _STARTED in request_ext:
             return False  # the hook started a handshake on a new connection
-        if response.status_code == 401:
-            return False
-        try:
-            answered = response.request
-        except RuntimeError:  # pragma: no cover - httpx always sets it
-            answered = request
-        if answered is not request and not _same_origin(request, response):
+        if response.status_code == 401 or not _same_origin(request, response):
             return False
         # _disarm and _note_reuse, inlined: every request of a run passes here.
         request_ext.pop(_ARMED, None)
