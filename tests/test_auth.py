@@ -994,6 +994,42 @@ async def test_fast_path_hands_over_to_the_whole_flow_when_it_must() -> None:
             assert response.status_code == 200 and origin not in negotiate._fast
 
 
+@pytest.mark.anyio
+@pytest.mark.usefixtures("user_file")
+async def test_fast_path_follows_the_origin_of_each_request() -> None:
+    """The fast path caches the origin of the last URL it saw (by httpx's parsed URL):
+    requests alternating between two origins each get their own origin's facts, and the
+    origin that had no handshake yet gets the whole flow, not the other's fast path."""
+    with (
+        AuthServer(users={"alice": "pw"}, domain="EXAMPLE") as one,
+        AuthServer(users={"alice": "pw"}, domain="EXAMPLE") as two,
+    ):
+        from httpx_extensions import ExClient
+
+        auth = NTLMAuth("EXAMPLE\\alice", "pw")
+        first = httpx.URL(one.url + "/")
+        second = httpx.URL(two.url + "/")
+        origin_one = (first.scheme, first.host, first.port)
+        origin_two = (second.scheme, second.host, second.port)
+        async with ExClient() as client:
+            for _ in range(2):
+                assert (await client.get(one.url + "/", auth=auth)).status_code == 200
+            assert list(auth._fast) == [origin_one]  # the second request took the fast path
+            assert auth._last_origin[1] == origin_one
+            response = await client.get(two.url + "/", auth=auth)
+            assert response.status_code == 200 and response.extensions["auth_mechanism"]
+            assert auth._last_origin[1] == origin_two
+            assert two.handshakes == 2  # its own handshake (2 legs): the whole flow ran
+            for url, origin in [(one.url, origin_one), (two.url, origin_two)] * 2:
+                response = await client.get(url + "/", auth=auth)
+                assert response.status_code == 200
+                assert response.extensions["auth_mechanism"] == "ntlm"
+                assert auth._last_origin[1] == origin
+            assert set(auth._fast) == {origin_one, origin_two}
+            assert (one.handshakes, two.handshakes) == (2, 2)  # no other handshake
+            assert (one.connections, two.connections) == (1, 1)
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_scouts_are_per_event_loop(backend: str) -> None:
     """A scout left on one event loop (here: a loop that ended with its scout pending) never

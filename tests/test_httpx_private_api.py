@@ -3,9 +3,10 @@
 ExClient overrides ``AsyncClient._init_transport`` and ``AsyncClient._init_proxy_transport``
 (to build our pool where httpx builds its own) and ``BaseClient._merge_url`` (to parse each
 URL string once), wraps the ``_cookies`` attribute, and imports ``USE_CLIENT_DEFAULT`` from
-``httpx._client``. These are private to httpx; we pin ``httpx>=0.28.1,<0.29``. If a test here
-fails after an httpx upgrade, re-read httpx's ``AsyncClient.__init__`` and adapt
-``src/httpx_extensions/_client.py`` before widening the pin.
+``httpx._client``; the auth fast path keys a cache on ``URL._uri_reference``. These are
+private to httpx; we pin ``httpx>=0.28.1,<0.29``. If a test here fails after an httpx
+upgrade, re-read httpx's ``AsyncClient.__init__`` (or ``URL``) and adapt
+``src/httpx_extensions/_client.py`` (or ``_flow.py``) before widening the pin.
 """
 
 from __future__ import annotations
@@ -100,3 +101,21 @@ def test_transport_for_url_routes_requests() -> None:
     client = ExClient(mounts={"http://mounted.invalid": plain})
     assert client._transport_for_url(httpx.URL("http://mounted.invalid/x")) is plain
     assert isinstance(client._transport_for_url(httpx.URL("http://other.invalid/")), ExTransport)
+
+
+def test_request_urls_share_the_parsed_reference() -> None:
+    """The auth fast path (``FlowMixin._steady_start``) caches a request's origin by
+    ``URL._uri_reference``: a request's URL is a copy of the URL it was built from, and
+    httpx shares the parsed reference (a named tuple) between such copies. If this changes,
+    the cache only misses (the origin is recomputed per request), so the fast path is
+    slower, not wrong: adapt the cache key."""
+    url = httpx.URL("http://example.com:8080/x")
+    request = httpx.Request("GET", url)
+    assert request.url is not url  # hence no cache keyed by the URL object
+    assert request.url._uri_reference is url._uri_reference
+    ref = url._uri_reference
+    assert (ref.scheme, ref.host, ref.port) == ("http", "example.com", 8080)
+    client = ExClient()
+    assert client.build_request("GET", "http://example.com/a").url._uri_reference is (
+        client.build_request("GET", "http://example.com/a").url._uri_reference
+    )

@@ -91,9 +91,10 @@ class _SpnegoAuth(FlowMixin, httpx.Auth):
         self._scouting: dict[tuple[Any, _Origin], anyio.Event] = {}
         self._by_host: dict[str, tuple[Target, AuthIdentity]] = {}
         self._fast: dict[_Origin, _Fast] = {}
-        #: The last request URL object and its origin: ExClient hands the same parsed URL to
-        #: every request to one URL string, so the fast path rarely recomputes it.
-        self._last_origin: tuple[httpx.URL | None, _Origin] = (None, ("", "", None))
+        #: The last request URL's parsed form (httpx's ``URL._uri_reference``) and its origin:
+        #: requests to one URL string through ExClient share it, so the fast path rarely
+        #: recomputes the origin.
+        self._last_origin: tuple[object, _Origin] = (None, ("", "", None))
 
     def __repr__(self) -> str:
         who = self._credential.principal or "<current user>"
