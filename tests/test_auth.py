@@ -1016,6 +1016,9 @@ async def test_fast_path_follows_the_origin_of_each_request() -> None:
                 assert (await client.get(one.url + "/", auth=auth)).status_code == 200
             assert list(auth._fast) == [origin_one]  # the second request took the fast path
             assert auth._last_origin[1] == origin_one
+            cached = auth._last_origin
+            assert (await client.get(one.url + "/", auth=auth)).status_code == 200
+            assert auth._last_origin is cached  # a hit: the origin was not computed again
             response = await client.get(two.url + "/", auth=auth)
             assert response.status_code == 200 and response.extensions["auth_mechanism"]
             assert auth._last_origin[1] == origin_two
@@ -1028,6 +1031,12 @@ async def test_fast_path_follows_the_origin_of_each_request() -> None:
             assert set(auth._fast) == {origin_one, origin_two}
             assert (one.handshakes, two.handshakes) == (2, 2)  # no other handshake
             assert (one.connections, two.connections) == (1, 1)
+            # A URL with credentials is never cached (a parsed URL's repr shows them).
+            userinfo = one.url.replace("http://", "http://bob:url-s3cret@")
+            cached = auth._last_origin
+            assert (await client.get(userinfo + "/", auth=auth)).status_code == 200
+            assert auth._last_origin is cached
+            assert "url-s3cret" not in repr(auth._last_origin)
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])

@@ -238,11 +238,13 @@ class FlowMixin:
         # ``_uri_reference``, which httpx shares between the URL objects it copies from one
         # another, as a request's URL is from ExClient's cached merged URL (_merge_url). So
         # the origin, three property calls, is computed once per URL string, not per request.
-        parsed = url._uri_reference
+        # Never cached: a URL with credentials (a parsed URL's repr shows its password;
+        # httpx.URL's masks it), so no local or attribute here ever holds one.
         last_parsed, origin = self._last_origin
-        if parsed is not last_parsed:
+        if url._uri_reference is not last_parsed:
             origin = (url.scheme, url.host, url.port)  # _origin(url)
-            self._last_origin = (parsed, origin)
+            if not url.userinfo:
+                self._last_origin = (url._uri_reference, origin)
         fast = self._fast.get(origin)
         if fast is None:
             fast = self._fast_entry(origin)
