@@ -33,7 +33,7 @@ What it does, in one process run:
   rates the table prints); the median of the per-pair ratios is printed beside it, for
   the spread. 8 pairs a round (40 runs of each column): one pair's ratio ranges over
   about +-6 points here, so the median of 20 pairs still moved by +-2 points from one
-  run of the bench to the next, and of 40 by about +-0.6 (about 50 s more in all).
+  run of the bench to the next, and of 40 by about +-0.7 (about 50 s more in all).
 
 Run ``python bench/auth.py --help``; ``--quick`` is a smoke run of a few seconds.
 """
